@@ -1,0 +1,163 @@
+"""The ``usam-ray`` command line. Each command builds a config and calls the library.
+
+Importing this module does not import torch or ray: commands import what they need when run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .config import EmbedConfig, load_config
+
+app = typer.Typer(
+    name="usam-ray",
+    help="Label whole image datasets with semantic and instance masks for the classes you name, "
+    "using Segment Anything on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List registered models, or write tiny random test models.", no_args_is_help=True)
+config_app = typer.Typer(help="Show resolved configurations and their fields.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a field: dotted.key=value (repeatable).")
+ModelsOpt = typer.Option(
+    None, "--models", help="Folder of local weights overriding registry sources (default: $USAM_RAY_MODELS)."
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, reported as one line instead of a traceback."""
+    from .data.shards import StageConflictError
+    from .data.sources import SourceError
+    from .models.registry import ModelNotFoundError
+    from .models.sam import CheckpointError
+
+    return (SourceError, ModelNotFoundError, CheckpointError, StageConflictError, ValueError, FileNotFoundError,
+            KeyError)
+
+
+def _overrides(sets: Optional[List[str]], **fields: object) -> list[str]:
+    """``--set`` items plus the dedicated options given (those win)."""
+    out = list(sets or [])
+    for key, value in fields.items():
+        if value is not None and value is not False:
+            out.append(f"{key}={json.dumps(str(value)) if isinstance(value, Path) else json.dumps(value)}")
+    return out
+
+
+@app.command()
+def embed(
+    images: Optional[str] = typer.Option(
+        None, "--images", "-i",
+        help="Image source: a folder (recursive), classes:DIR (DIR/<class>/*), or Parquet file/folder with image bytes.",
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory; shards go to OUT/embed/."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    models: Optional[Path] = ModelsOpt,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Try images that failed before again."),
+) -> None:
+    """Compute SAM mask embeddings (grid prompts → masks, mask tokens, scores) for every image.
+
+    Re-running with the same configuration continues where the last run stopped.
+    """
+    from .pipelines.embed import run_embed
+
+    try:
+        cfg = load_config(EmbedConfig, config, _overrides(
+            sets, images=images, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors))
+        summary = run_embed(cfg, log=lambda line: typer.echo(line, err=True))
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"embedded {summary.embedded} images, {summary.errors} errors this run "
+        f"({summary.already_done} already done); {summary.out} now holds {summary.rows_total} images "
+        f"and {summary.errors_total} error rows [fingerprint {summary.fingerprint}, {summary.seconds:.1f}s]"
+    )
+    if summary.errors_total:
+        typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
+@models_app.command("list")
+def models_list(models: Optional[Path] = ModelsOpt) -> None:
+    """List registered models and whether their weights are found."""
+    from .models.registry import ModelNotFoundError, list_specs, models_dir_from_env, resolve
+
+    try:
+        folder = models_dir_from_env(models)
+    except ModelNotFoundError as exc:
+        _fail(str(exc))
+    for spec in list_specs():
+        try:
+            where = resolve(spec.name, folder).location
+        except ModelNotFoundError:
+            where = "(not found)"
+        typer.echo(f"{spec.name:42s} {spec.family:9s} in={spec.input_size:<5d} {where}\n    {spec.description}")
+
+
+@models_app.command("tiny")
+def models_tiny(
+    directory: Path = typer.Argument(..., help="Folder to write the tiny models into."),
+    seed: int = typer.Option(0, help="Random seed of the weights."),
+) -> None:
+    """Write random tiny SAM, CLIP, DINOv2 and Stable Diffusion models in their real formats."""
+    from .models.tiny import write_tiny_zoo
+
+    for name, path in write_tiny_zoo(directory, seed).items():
+        typer.echo(f"{name:16s} {path}")
+    typer.echo(f"use them with --models {directory} (or USAM_RAY_MODELS={directory})")
+
+
+@app.command()
+def samples(
+    directory: Path = typer.Argument(..., help="Folder to write the images into."),
+    n: int = typer.Option(24, "--n", help="How many images."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Write a few procedural sample images (shapes on textured backgrounds) to try the pipeline on."""
+    from .data.samples import write_sample_images
+
+    paths = write_sample_images(directory, n, seed)
+    typer.echo(f"wrote {len(paths)} images to {directory}")
+
+
+@config_app.command("show")
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    schema: bool = typer.Option(False, "--schema", help="Print every field with its description instead."),
+) -> None:
+    """Print the resolved embed configuration as YAML (or the field descriptions)."""
+    import yaml
+
+    if schema:
+        typer.echo(json.dumps(EmbedConfig.model_json_schema(), indent=2))
+        return
+    try:
+        cfg = load_config(EmbedConfig, config, sets)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

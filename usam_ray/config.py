@@ -1,0 +1,178 @@
+"""Run configuration: pydantic models, YAML files and ``--set`` overrides, fingerprints.
+
+Every field carries a description (``usam-ray config show --schema`` prints them). A config is
+built from defaults, then an optional YAML file, then ``--set dotted.key=value`` overrides, in that
+order. The *fingerprint* of a stage is a stable hash of the fields that change its output plus the
+fingerprints of the models it uses; runtime fields (batch sizes, pool sizes, addresses) are left
+out so that a re-run on other hardware still resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamConfig(_Section):
+    """SAM model and automatic-prompting settings (what the embed stage computes)."""
+
+    model: str = Field(
+        "auto",
+        description=(
+            "Registry name of the SAM model: sam:vit_h, sam:vit_l, sam:vit_b, sam:tiny, or 'auto' "
+            "(the models folder's declared default, else the largest official SAM found there)."
+        ),
+    )
+    checkpoint: Optional[Path] = Field(
+        None, description="Explicit checkpoint file; overrides the models folder lookup."
+    )
+    points_per_side: int = Field(
+        10, ge=1, le=128, description="Prompt grid side: points_per_side² point prompts per image (U-SAM: 10)."
+    )
+    mask_threshold: float = Field(0.0, description="Logit threshold that binarises SAM mask logits.")
+    stability_offset: float = Field(
+        1.0, gt=0, description="Offset of the stability score (IoU of masks thresholded at ±offset)."
+    )
+
+
+class DataConfig(_Section):
+    """How source images are read and checked."""
+
+    max_pixels: int = Field(
+        100_000_000,
+        gt=0,
+        description="Images with more pixels than this become error rows instead of being decoded.",
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"],
+        description="File extensions (case-insensitive) taken as images when listing a folder.",
+    )
+    image_column: str = Field("image", description="Column with encoded image bytes in a Parquet source.")
+    id_column: str = Field("image_id", description="Optional column with image ids in a Parquet source.")
+    label_column: str = Field("labels", description="Optional column with labels (string or list) in a Parquet source.")
+
+
+class RuntimeConfig(_Section):
+    """Where and how wide to run; never part of a fingerprint."""
+
+    address: Optional[str] = Field(
+        None,
+        description="Ray address. None: RAY_ADDRESS, else a running local cluster, else a new local instance.",
+    )
+    models_dir: Optional[Path] = Field(
+        None, description="Folder of local checkpoints overriding the registry sources (also USAM_RAY_MODELS)."
+    )
+    batch_size: int = Field(4, ge=1, description="Images per model call (and per Ray Data batch).")
+    shard_size: int = Field(64, ge=1, description="Images per written Parquet shard (at most).")
+    num_actors: Optional[int] = Field(
+        None, ge=1, description="Model actors. None: one per GPU, or sized from free CPUs on CPU-only clusters."
+    )
+    cpus_per_actor: float = Field(
+        0.5, gt=0, description="CPUs each model actor reserves on CPU-only clusters (fractional keeps reads alive)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for model actors.")
+    mask_chunk: int = Field(
+        16, ge=1, description="Masks upsampled to full image size at a time (bounds memory on huge images)."
+    )
+    progress: bool = Field(True, description="Print progress lines while a stage runs.")
+
+
+class EmbedConfig(_Section):
+    """`usam-ray embed`: SAM mask embeddings of every image of a source, as Parquet shards."""
+
+    images: Optional[str] = Field(
+        None,
+        description="Source: a folder (recursive), 'classes:DIR' (DIR/<class>/*.jpg), or Parquet file/folder with image bytes.",
+    )
+    out: Optional[Path] = Field(None, description="Run directory; shards go to OUT/embed/.")
+    retry_errors: bool = Field(False, description="Drop earlier error rows and try those images again.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's value as YAML (so ``16`` is an int, ``[a, b]`` a list, ``null`` None)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a nested dict (in place) and return it.
+
+    Raises:
+        ValueError: an override without ``=`` or with an empty key.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects dotted.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ValueError(f"--set has an empty key in {item!r}")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def load_config(
+    model: type[BaseModel], path: Optional[Path] = None, overrides: Optional[list[str]] = None
+) -> BaseModel:
+    """Build a config of class ``model`` from defaults, an optional YAML file and overrides.
+
+    Args:
+        model (type[BaseModel]): the config class (e.g. EmbedConfig).
+        path (Path | None): YAML file whose mapping is merged over the defaults.
+        overrides (list[str] | None): ``dotted.key=value`` items applied last.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ValueError: the YAML is not a mapping, or validation fails (message names the field).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    try:
+        return model.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError: re-raise with the source named
+        where = f" (from {path})" if path is not None else ""
+        raise ValueError(f"invalid configuration{where}:\n{exc}") from exc
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """Hex sha256 prefix of ``payload`` serialised as canonical JSON (sorted keys, str fallback)."""
+    blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def embed_fingerprint(cfg: EmbedConfig, sam_name: str, sam_fingerprint: str) -> str:
+    """Fingerprint of the embed stage's output: SAM settings, read settings and the SAM weights.
+
+    The source path, output path, runtime section and the unresolved ``sam.model``/``checkpoint``
+    are excluded: the same weights found another way give the same embeddings.
+    """
+    sam = cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint"})
+    data = cfg.data.model_dump(mode="json", exclude={"extensions"})
+    return stable_hash({"stage": "embed", "sam": sam, "data": data, "model": [sam_name, sam_fingerprint]})

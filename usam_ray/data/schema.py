@@ -1,0 +1,143 @@
+"""Arrow schemas of the Parquet shards, and converters between batches, tables and MaskSets.
+
+Shard kinds:
+
+- **embeddings** (``RUN/embed/part-*.parquet``), one row per image:
+  ``image_id`` string, ``path`` string, ``labels`` list<string>, ``height``/``width`` int32,
+  ``points`` list<fixed_size_list<float32, 2>> (prompt x, y in original pixels),
+  ``tokens`` list<fixed_size_list<float16, T>> (mask-token embedding per prompt),
+  ``iou`` and ``stability`` list<float32>, ``boxes`` list<fixed_size_list<float32, 4>> (xyxy,
+  x2/y2 exclusive), ``mask_counts`` list<binary> (COCO RLE counts of masks of size (height, width)).
+- **errors** (``RUN/<stage>/errors/part-*.parquet``): ``image_id``, ``path``, ``stage``,
+  ``error_type``, ``message``, ``time`` (ISO 8601 UTC), all strings.
+- **images** (Parquet image sources): ``image_id`` string, ``image`` binary (encoded file bytes),
+  ``labels`` list<string>.
+
+Every shard's file metadata carries ``usam_ray.kind``, ``usam_ray.fingerprint`` and
+``usam_ray.models`` (JSON: registry name → weights fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from ..types import MaskSet
+
+SCHEMA_VERSION = "1"
+META_KIND = b"usam_ray.kind"
+META_FINGERPRINT = b"usam_ray.fingerprint"
+META_MODELS = b"usam_ray.models"
+META_VERSION = b"usam_ray.schema_version"
+
+
+def embeddings_schema(token_dim: int) -> pa.Schema:
+    """The embeddings shard schema for mask tokens of ``token_dim`` floats."""
+    return pa.schema([
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("labels", pa.list_(pa.string())),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("points", pa.list_(pa.list_(pa.float32(), 2))),
+        ("tokens", pa.list_(pa.list_(pa.float16(), token_dim))),
+        ("iou", pa.list_(pa.float32())),
+        ("stability", pa.list_(pa.float32())),
+        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+        ("mask_counts", pa.list_(pa.binary())),
+    ])
+
+
+ERRORS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("path", pa.string()),
+    ("stage", pa.string()),
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+    ("time", pa.string()),
+])
+
+IMAGES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("image", pa.binary()),
+    ("labels", pa.list_(pa.string())),
+])
+
+
+def shard_metadata(kind: str, fingerprint: str, models: dict[str, str]) -> dict[bytes, bytes]:
+    """File-level metadata for a shard."""
+    return {
+        META_KIND: kind.encode(),
+        META_FINGERPRINT: fingerprint.encode(),
+        META_MODELS: json.dumps(models, sort_keys=True).encode(),
+        META_VERSION: SCHEMA_VERSION.encode(),
+    }
+
+
+def _nested(values: np.ndarray, inner: pa.DataType) -> pa.Array:
+    """(B, P, K) → list<fixed_size_list<inner, K>> (B rows of P items); (B, P) → list<inner>."""
+    b, p = values.shape[:2]
+    offsets = pa.array(np.arange(b + 1, dtype=np.int32) * p)
+    if values.ndim == 2:
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=inner))
+    k = values.shape[2]
+    flat = pa.array(values.reshape(-1), type=inner)
+    return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, k))
+
+
+def embeddings_table(batch: dict[str, np.ndarray], token_dim: int) -> pa.Table:
+    """Build an embeddings table from a model-stage batch (ok rows only).
+
+    Args:
+        batch: ``image_id``/``path`` (B,) str, ``labels`` (B,) JSON list strings, ``height``/``width``
+            (B,) int, ``points`` (B, P, 2), ``tokens`` (B, P, T), ``iou``/``stability`` (B, P),
+            ``boxes`` (B, P, 4), ``mask_counts`` (B,) object arrays of P bytes each.
+        token_dim (int): T.
+    """
+    columns = {
+        "image_id": pa.array([str(x) for x in batch["image_id"]], pa.string()),
+        "path": pa.array([str(x) for x in batch["path"]], pa.string()),
+        "labels": pa.array([json.loads(x) for x in batch["labels"]], pa.list_(pa.string())),
+        "height": pa.array(np.asarray(batch["height"], np.int32)),
+        "width": pa.array(np.asarray(batch["width"], np.int32)),
+        "points": _nested(np.asarray(batch["points"], np.float32), pa.float32()),
+        "tokens": _nested(np.asarray(batch["tokens"], np.float16), pa.float16()),
+        "iou": _nested(np.asarray(batch["iou"], np.float32), pa.float32()),
+        "stability": _nested(np.asarray(batch["stability"], np.float32), pa.float32()),
+        "boxes": _nested(np.asarray(batch["boxes"], np.float32), pa.float32()),
+        "mask_counts": pa.array([list(c) for c in batch["mask_counts"]], pa.list_(pa.binary())),
+    }
+    return pa.table(columns, schema=embeddings_schema(token_dim))
+
+
+def errors_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Build an errors table from dicts with the ERRORS_SCHEMA keys."""
+    rows = list(rows)
+    return pa.table({f.name: pa.array([str(r[f.name]) for r in rows], pa.string()) for f in ERRORS_SCHEMA},
+                    schema=ERRORS_SCHEMA)
+
+
+def row_to_maskset(row: dict[str, Any]) -> MaskSet:
+    """One embeddings row (as ``Table.to_pylist()`` gives it) → MaskSet with RLE masks.
+
+    ``data`` holds ``tokens`` (P, T) float32, ``iou_pred``, ``stability`` (P,) and ``points`` (P, 2).
+    """
+    size = [int(row["height"]), int(row["width"])]
+    rles = [{"size": size, "counts": c} for c in row["mask_counts"]]
+    iou = np.asarray(row["iou"], np.float32)
+    token_rows = row["tokens"]
+    tokens = np.asarray(token_rows, np.float32) if token_rows else np.zeros((0, 0), np.float32)
+    return MaskSet(
+        masks=rles,
+        boxes=np.asarray(row["boxes"], np.float32).reshape(-1, 4),
+        scores=iou,
+        data={
+            "tokens": tokens,
+            "iou_pred": iou,
+            "stability": np.asarray(row["stability"], np.float32),
+            "points": np.asarray(row["points"], np.float32).reshape(-1, 2),
+        },
+    )

@@ -1,0 +1,95 @@
+"""Mask utilities: COCO RLE (pycocotools), boxes, IoU, NMS. Pure numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """Encode one (H, W) bool mask as COCO RLE ``{"size": [H, W], "counts": bytes}``."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask_to_rle expects (H, W), got {mask.shape}")
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def masks_to_rles(masks: np.ndarray) -> list[dict]:
+    """Encode (N, H, W) bool masks as N COCO RLE dicts (one pycocotools call)."""
+    if masks.ndim != 3:
+        raise ValueError(f"masks_to_rles expects (N, H, W), got {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    return mask_utils.encode(fortran)
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Decode one COCO RLE dict (counts as bytes or str) to an (H, W) bool mask."""
+    rle = dict(rle)
+    if isinstance(rle["counts"], str):
+        rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def rles_to_masks(rles: list[dict], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode N RLE dicts to (N, H, W) bool; ``size`` gives (H, W) when N is 0."""
+    if not rles:
+        if size is None:
+            raise ValueError("rles_to_masks: no masks and no size given")
+        return np.zeros((0, *size), dtype=bool)
+    fixed = [{**r, "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in rles]
+    return mask_utils.decode(fixed).transpose(2, 0, 1).astype(bool)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool → (N, 4) float32 xyxy boxes (x1, y1 inclusive; x2, y2 exclusive); empty mask → zeros."""
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    rows = masks.any(axis=2)
+    cols = masks.any(axis=1)
+    for i in range(n):
+        ys = np.flatnonzero(rows[i])
+        xs = np.flatnonzero(cols[i])
+        if len(ys):
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
+
+
+def rle_iou(a: list[dict], b: list[dict]) -> np.ndarray:
+    """Pairwise mask IoU (len(a), len(b)) float64 computed on RLEs by pycocotools."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    return np.asarray(mask_utils.iou(a, b, [0] * len(b)), dtype=np.float64)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, H, W) and (M, H, W) bool masks → (N, M) float64 (0 where both empty)."""
+    fa = a.reshape(a.shape[0], -1).astype(np.float64)
+    fb = b.reshape(b.shape[0], -1).astype(np.float64)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def mask_nms(rles: list[dict], scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy mask NMS: indices kept (in descending score order).
+
+    Args:
+        rles (list[dict]): N COCO RLE masks.
+        scores (np.ndarray): (N,) scores.
+        iou_threshold (float): a mask overlapping a kept one by more than this is dropped.
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if len(order) == 0:
+        return order
+    ious = rle_iou([rles[i] for i in order], [rles[i] for i in order])
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    for pos in range(len(order)):
+        if suppressed[pos]:
+            continue
+        keep.append(int(order[pos]))
+        suppressed |= ious[pos] > iou_threshold
+    return np.asarray(keep, dtype=np.int64)

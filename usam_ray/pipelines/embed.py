@@ -1,0 +1,208 @@
+"""The embed pipeline: images → read/decode (CPU tasks) → SAM (actor pool) → Parquet shards.
+
+``run_embed`` checks everything that can fail before Ray starts (source, model weights,
+conflicting earlier output), skips images already written with the same fingerprint, streams the
+rest through Ray Data, and keeps ``RUN/run.json`` current as shards land.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..config import EmbedConfig, embed_fingerprint
+from ..data.shards import (
+    check_fingerprints,
+    count_rows,
+    list_shards,
+    read_column,
+    remove_temp_files,
+    update_manifest,
+    utc_now,
+)
+from ..data.sources import Listing, list_source, parse_source
+from ..methods.sam_embed import EmbedSettings
+from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
+from ..models.sam import spec_with_arch
+from .runtime import init_ray, plan_model_pool, quiet_ray_data
+from .stages import SamEmbedStage, ShardWriteStage, read_decode_batch, write_errors
+
+STAGE = "embed"
+
+
+@dataclass
+class EmbedSummary:
+    """What an embed run did.
+
+    Attributes:
+        out (str): the stage directory.
+        fingerprint (str): configuration fingerprint of the shards.
+        model (str): the SAM used (registry name).
+        total (int): images in the source.
+        already_done (int): images skipped because a shard (or error row) already had them.
+        embedded (int): images embedded by this run.
+        errors (int): error rows written by this run (including non-image files found listing).
+        rows_total (int), errors_total (int): rows now in the stage's shards and error shards.
+        seconds (float): wall time of this run.
+    """
+
+    out: str
+    fingerprint: str
+    model: str
+    total: int
+    already_done: int
+    embedded: int
+    errors: int
+    rows_total: int
+    errors_total: int
+    seconds: float
+
+
+@dataclass
+class EmbedPlan:
+    """Everything resolved on the driver before Ray starts."""
+
+    cfg: EmbedConfig
+    stage_dir: Path
+    sam: ResolvedModel
+    fingerprint: str
+    models: dict[str, str]
+    token_dim: int
+    listing: Listing
+    already_done: int
+
+
+def plan_embed(cfg: EmbedConfig) -> EmbedPlan:
+    """Resolve source, model and resume state; raise on any problem before Ray work starts.
+
+    Raises:
+        SourceError, ModelNotFoundError, CheckpointError, StageConflictError, ValueError.
+    """
+    if cfg.images is None or cfg.out is None:
+        raise ValueError("embed needs an image source (--images) and a run directory (--out)")
+    source = parse_source(cfg.images)
+    models_dir = models_dir_from_env(cfg.runtime.models_dir)
+    sam = resolve_default("sam", cfg.sam.model, models_dir, cfg.sam.checkpoint)
+    sam = ResolvedModel(spec_with_arch(sam), sam.location, sam.local)
+    sam_fp = sam.fingerprint()
+    fingerprint = embed_fingerprint(cfg, sam.spec.name, sam_fp)
+    stage_dir = Path(cfg.out) / STAGE
+    errors_dir = stage_dir / "errors"
+    remove_temp_files(stage_dir)
+    check_fingerprints([stage_dir, errors_dir], fingerprint, STAGE)
+    if cfg.retry_errors:
+        for shard in list_shards(errors_dir):
+            shard.unlink()
+    done = set(read_column(stage_dir, "image_id")) | set(read_column(errors_dir, "image_id"))
+    listing = list_source(source, cfg.data, done, rows_per_unit=cfg.runtime.batch_size)
+    token_dim = 4 * int(sam.spec.arch["prompt_embed_dim"])
+    return EmbedPlan(cfg, stage_dir, sam, fingerprint, {sam.spec.name: sam_fp}, token_dim, listing,
+                     listing.total - listing.pending)
+
+
+def build_embed_dataset(plan: EmbedPlan, resources=None):
+    """The lazy Ray Data graph of an embed run (units → read → SAM → shard writes).
+
+    Returns:
+        ray.data.Dataset of shard summaries (``shard``, ``rows``, ``errors``), one per written shard.
+    """
+    import ray.data
+
+    cfg = plan.cfg
+    resources = resources or init_ray(cfg.runtime.address)
+    pool = plan_model_pool(cfg.runtime, resources)
+    units = plan.listing.units
+    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), math.ceil(len(units) / 16))))
+    read_batch = 1 if units and units[0]["kind"] == "parquet" else cfg.runtime.batch_size
+    read_tasks = max(1, int(resources.cpus - pool.size * pool.num_cpus - 0.25))
+    ds = ds.map_batches(
+        read_decode_batch, fn_kwargs={"data": cfg.data, "long_side": plan.sam.spec.input_size},
+        batch_size=read_batch, compute=ray.data.TaskPoolStrategy(size=read_tasks), num_cpus=1,
+    )
+    settings = EmbedSettings(cfg.sam.points_per_side, cfg.sam.mask_threshold, cfg.sam.stability_offset,
+                             cfg.runtime.mask_chunk)
+    ds = ds.map_batches(
+        SamEmbedStage,
+        fn_constructor_kwargs={"resolved": plan.sam, "settings": settings, "device": pool.device,
+                               "torch_threads": pool.torch_threads},
+        batch_size=cfg.runtime.batch_size, compute=ray.data.ActorPoolStrategy(size=pool.size),
+        num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+    )
+    return ds.map_batches(
+        ShardWriteStage,
+        fn_constructor_kwargs={"stage_dir": str(plan.stage_dir), "fingerprint": plan.fingerprint,
+                               "models": plan.models, "token_dim": plan.token_dim},
+        batch_size=cfg.runtime.shard_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25,
+    )
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("usam-ray", "ray", "torch", "segment-anything", "pyarrow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _eta(done: int, pending: int, elapsed: float) -> str:
+    if done == 0 or elapsed <= 0:
+        return "?"
+    seconds = (pending - done) * elapsed / done
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def run_embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbedSummary:
+    """Run (or resume) the embed stage of ``cfg`` and return its summary.
+
+    Progress lines go to ``log`` as shards land; ``RUN/run.json`` is updated with each.
+    """
+    start = time.time()
+    plan = plan_embed(cfg)
+    listing = plan.listing
+    run_dir = Path(cfg.out)
+    update_manifest(run_dir, STAGE, status="running", started=utc_now(), fingerprint=plan.fingerprint,
+                    models=plan.models, config=cfg.model_dump(mode="json"), versions=_versions(),
+                    source=str(cfg.images), total_images=listing.total)
+    errors = 0
+    if listing.errors:
+        write_errors(plan.stage_dir, [{**e, "stage": "list"} for e in listing.errors], plan.fingerprint, plan.models)
+        errors += len(listing.errors)
+        log(f"embed: {len(listing.errors)} files are not images or not in a class folder (error rows written)")
+    log(f"embed: {listing.total} images in {cfg.images}; {plan.already_done} already done, "
+        f"{listing.pending} to embed with {plan.sam.spec.name} ({plan.sam.location}); fingerprint {plan.fingerprint}")
+    embedded = 0
+    if listing.pending:
+        resources = init_ray(cfg.runtime.address)
+        quiet_ray_data()
+        pool = plan_model_pool(cfg.runtime, resources)
+        log(f"embed: Ray has {resources.cpus:g} CPUs, {resources.gpus:g} GPUs; {pool.size} SAM actor(s) on "
+            f"{pool.device} ({pool.num_cpus:g} CPU, {pool.num_gpus:g} GPU each)")
+        ds = build_embed_dataset(plan, resources)
+        run_start = time.time()
+        for row in ds.iter_rows():
+            embedded += int(row["rows"])
+            errors += int(row["errors"])
+            done = embedded + errors - len(listing.errors)
+            elapsed = time.time() - run_start
+            update_manifest(run_dir, STAGE, embedded_this_run=embedded, errors_this_run=errors)
+            if cfg.runtime.progress:
+                log(f"embed: {done}/{listing.pending} images ({100.0 * done / listing.pending:.1f}%), "
+                    f"{errors} errors, {done / max(elapsed, 1e-9):.2f} img/s, ETA {_eta(done, listing.pending, elapsed)}")
+    rows_total = count_rows(plan.stage_dir)
+    errors_total = count_rows(plan.stage_dir / "errors")
+    summary = EmbedSummary(str(plan.stage_dir), plan.fingerprint, plan.sam.spec.name, listing.total,
+                           plan.already_done, embedded, errors, rows_total, errors_total, time.time() - start)
+    image_errors = errors - len(listing.errors)
+    complete = embedded + image_errors >= listing.pending
+    update_manifest(run_dir, STAGE, status="complete" if complete else "incomplete", finished=utc_now(),
+                    shards=len(list_shards(plan.stage_dir)), rows=rows_total, errors=errors_total,
+                    summary=asdict(summary))
+    return summary
