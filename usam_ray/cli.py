@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .config import EmbedConfig, load_config
+from .config import EmbedConfig, EvalConfig, load_config
 
 app = typer.Typer(
     name="usam-ray",
@@ -90,6 +90,35 @@ def embed(
     )
     if summary.errors_total:
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
+@app.command("eval")
+def eval_(
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Labels directory (RUN/labels)."),
+    gt: Optional[str] = typer.Option(
+        None, "--gt", help="Ground truth: voc:ROOT[@split], coco:ANNOTATIONS.json[:IMAGES_DIR] or folder:ROOT."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: RUN/eval)."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Score labels against ground truth: mIoU, pixel accuracy, mAP50 — in parallel over shards.
+
+    Writes report.json, report.md and a per-class IoU chart, and prints the headline table.
+    """
+    from .data.groundtruth import GroundTruthError
+    from .eval.evaluate import EvalError, run_eval
+    from .eval.labels import LabelsError
+
+    try:
+        cfg = load_config(EvalConfig, config, _overrides(sets, labels=labels, gt=gt, out=out))
+        report = run_eval(cfg, log=lambda line: typer.echo(line, err=True))
+    except (GroundTruthError, LabelsError, EvalError) + _user_errors() as exc:
+        _fail(str(exc))
+    from .eval.report import headline
+
+    typer.echo(headline(report))
+    typer.echo("reports: " + ", ".join(report["written"].values()))
 
 
 @models_app.command("list")

@@ -176,3 +176,16 @@ def embed_fingerprint(cfg: EmbedConfig, sam_name: str, sam_fingerprint: str) -> 
     sam = cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint"})
     data = cfg.data.model_dump(mode="json", exclude={"extensions"})
     return stable_hash({"stage": "embed", "sam": sam, "data": data, "model": [sam_name, sam_fingerprint]})
+
+
+class EvalConfig(_Section):
+    """`usam-ray eval`: score a labels directory against ground truth."""
+
+    labels: Optional[Path] = Field(None, description="Labels directory (semantic/<key>.png, optional instances).")
+    gt: Optional[str] = Field(
+        None, description="Ground truth: voc:ROOT[@split], coco:ANNOTATIONS.json[:IMAGES_DIR] or folder:ROOT."
+    )
+    out: Optional[Path] = Field(None, description="Where report.json, report.md and the chart go (default LABELS/../eval).")
+    shard_size: int = Field(64, ge=1, description="Images per evaluation task.")
+    parallel: bool = Field(True, description="Evaluate in Ray tasks (False: one process, same result).")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings (address).")

@@ -10,6 +10,10 @@ Shard kinds:
   x2/y2 exclusive), ``mask_counts`` list<binary> (COCO RLE counts of masks of size (height, width)).
 - **errors** (``RUN/<stage>/errors/part-*.parquet``): ``image_id``, ``path``, ``stage``,
   ``error_type``, ``message``, ``time`` (ISO 8601 UTC), all strings.
+- **instances** (``RUN/labels/instances/part-*.parquet``), one row per labelled instance:
+  ``image_id`` string, ``class_id`` int32, ``class_name`` string, ``score`` float32,
+  ``height``/``width`` int32, ``counts`` binary (COCO RLE), ``box`` fixed_size_list<float32, 4>,
+  ``provenance`` string (which method/stage produced it).
 - **images** (Parquet image sources): ``image_id`` string, ``image`` binary (encoded file bytes),
   ``labels`` list<string>.
 
@@ -58,6 +62,18 @@ ERRORS_SCHEMA = pa.schema([
     ("error_type", pa.string()),
     ("message", pa.string()),
     ("time", pa.string()),
+])
+
+INSTANCES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("class_id", pa.int32()),
+    ("class_name", pa.string()),
+    ("score", pa.float32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("counts", pa.binary()),
+    ("box", pa.list_(pa.float32(), 4)),
+    ("provenance", pa.string()),
 ])
 
 IMAGES_SCHEMA = pa.schema([
