@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_help_lists_every_command_with_text():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("embed", "models", "config"):
+    for command in ("embed", "eval", "models", "config", "samples", "toy"):
         assert command in result.output
     sub = runner.invoke(app, ["models", "--help"])
     assert "tiny" in sub.output and "list" in sub.output

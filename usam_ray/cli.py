@@ -25,7 +25,10 @@ app = typer.Typer(
 models_app = typer.Typer(help="List registered models, or write tiny random test models.", no_args_is_help=True)
 config_app = typer.Typer(help="Show resolved configurations and their fields.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+toy_app = typer.Typer(help="The toy world: procedural scenes with ground truth, and the toy model zoo.",
+                      no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(toy_app, name="toy")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a field: dotted.key=value (repeatable).")
@@ -162,6 +165,79 @@ def samples(
 
     paths = write_sample_images(directory, n, seed)
     typer.echo(f"wrote {len(paths)} images to {directory}")
+
+
+@toy_app.command("scenes")
+def toy_scenes(
+    directory: Path = typer.Argument(..., help="Folder to write (images/, masks/, classes.txt, instances.json)."),
+    n: int = typer.Option(100, "--n", help="How many scenes."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same scenes)."),
+    size: int = typer.Option(128, help="Image side in pixels."),
+) -> None:
+    """Write multi-object toy scenes with ground truth that `usam-ray eval --gt folder:DIR` reads."""
+    from .toyworld.scenes import write_scene_dataset
+
+    write_scene_dataset(directory, n, seed, size)
+    typer.echo(f"wrote {n} scenes to {directory} (ground truth: folder:{directory})")
+
+
+@toy_app.command("objects")
+def toy_objects(
+    directory: Path = typer.Argument(..., help="Folder to write DIR/<class>/*.png into."),
+    per_class: int = typer.Option(20, "--per-class", help="Images per class."),
+    seed: int = typer.Option(0, help="Random seed."),
+    size: int = typer.Option(128, help="Image side in pixels."),
+) -> None:
+    """Write single-object toy images per class (the toy stand-in for "a photo of a {c}")."""
+    from .toyworld.scenes import CLASSES, write_single_objects
+
+    write_single_objects(directory, per_class, seed, size)
+    typer.echo(f"wrote {per_class} images for each of {', '.join(CLASSES)} to {directory} (source classes:{directory})")
+
+
+@toy_app.command("train-zoo")
+def toy_train_zoo(
+    out: Path = typer.Option(Path("toy-zoo"), "--out", "-o", help="Folder to write the trained models into."),
+    quick: bool = typer.Option(False, "--quick", help="Seconds instead of minutes (for trying the command)."),
+) -> None:
+    """Train the toy SAM, CLIP and DINOv2 on toy scenes (seeded) and print their quality figures.
+
+    The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings.
+    """
+    from .toyworld.zoo import TrainSettings, train_zoo
+
+    quality = train_zoo(out, TrainSettings.quick() if quick else TrainSettings(),
+                        log=lambda line: typer.echo(line, err=True))
+    _print_quality(quality)
+
+
+@toy_app.command("check")
+def toy_check(
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+    models: Optional[Path] = ModelsOpt,
+    scenes: int = typer.Option(200, help="Held-out scenes to measure on."),
+) -> None:
+    """Measure the toy models on freshly generated held-out scenes and print their quality."""
+    from .models.registry import ModelNotFoundError, models_dir_from_env
+    from .models.sam import CheckpointError
+    from .toyworld.zoo import check_zoo
+
+    try:
+        quality = check_zoo(models_dir_from_env(models), scenes)
+    except (ModelNotFoundError, CheckpointError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(quality))
+    else:
+        _print_quality(quality)
+
+
+def _print_quality(quality: dict) -> None:
+    typer.echo(f"sam:toy   mean mask IoU (one interior point per instance)   {quality['sam_mean_iou']:.3f}")
+    typer.echo(f"clip:toy  zero-shot crop accuracy (5 classes, chance 0.2)   {quality['clip_zero_shot_accuracy']:.3f}")
+    typer.echo(f"dino:toy  linear-probe patch accuracy / balanced            "
+               f"{quality['dino_probe_patch_accuracy']:.3f} / {quality['dino_probe_balanced_accuracy']:.3f}")
+    typer.echo(f"on {quality['held_out_scenes']} held-out scenes (seed {quality['held_out_seed']})")
 
 
 @config_app.command("show")

@@ -82,3 +82,13 @@ def test_weights_fingerprint_changes_with_content(tmp_path):
     first = weights_fingerprint(f)
     f.write_bytes(b"a" * 99 + b"b")
     assert weights_fingerprint(f) != first
+
+
+def test_a_folder_name_given_as_variant_loads_from_there(tmp_path, zoo, monkeypatch):
+    r = resolve(f"clip:{zoo / 'clip-tiny'}", None)
+    assert r.local and r.location == str(zoo / "clip-tiny")
+    # a folder in the working directory that happens to share a local name is not picked up
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clip-tiny").mkdir()
+    with pytest.raises(ModelNotFoundError):
+        resolve("clip:tiny", None)

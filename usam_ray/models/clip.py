@@ -34,3 +34,9 @@ def load_clip(resolved: ResolvedModel) -> ClipBundle:
     tokenizer = from_pretrained(CLIPTokenizer.from_pretrained, resolved)
     processor = from_pretrained(CLIPImageProcessor.from_pretrained, resolved)
     return ClipBundle(model, tokenizer, processor, int(model.config.vision_config.image_size))
+
+
+def projected(output: Any):
+    """The projected embedding from ``get_text_features``/``get_image_features``: a tensor in
+    transformers 4.x, an output object whose ``pooler_output`` holds it in 5.x. (N, D)."""
+    return output if hasattr(output, "norm") else output.pooler_output

@@ -106,6 +106,12 @@ def _builtin_specs() -> dict[str, ModelSpec]:
                   SAM_MEAN, SAM_STD, _sam_arch(768, 12, 12, [2, 5, 8, 11]), "SAM ViT-B (91 M params)"),
         ModelSpec("sam:tiny", "sam", "sam_tiny.pth", None, 256, SAM_MEAN, SAM_STD, {},
                   "random tiny SAM written by `usam-ray models tiny` (arch in sam_tiny.json)"),
+        ModelSpec("sam:toy", "sam", "sam_toy.pth", None, 128, SAM_MEAN, SAM_STD, {},
+                  "tiny SAM trained on the toy world, shipped with the package (arch in sam_toy.json)"),
+        ModelSpec("clip:toy", "clip", "clip-toy", None, 64, CLIP_MEAN, CLIP_STD, {},
+                  "tiny CLIP trained on the toy world, shipped with the package"),
+        ModelSpec("dino:toy", "dino", "dinov2-toy", None, 128, IMAGENET_MEAN, IMAGENET_STD, {},
+                  "tiny DINOv2 distilled from the toy SAM on the toy world, shipped with the package"),
         ModelSpec("clip:tiny", "clip", "clip-tiny", None, 32, CLIP_MEAN, CLIP_STD, {},
                   "random tiny CLIP (transformers folder) written by `usam-ray models tiny`"),
         ModelSpec("dino:tiny", "dino", "dinov2-tiny", None, 56, IMAGENET_MEAN, IMAGENET_STD, {},
@@ -199,16 +205,22 @@ def resolve(name: str, models_dir: Optional[Path] = None, explicit: Optional[Pat
         if not path.exists():
             raise ModelNotFoundError(f"{name}: checkpoint {path} does not exist{_where_to_get(spec)}")
         return ResolvedModel(spec, str(path), True)
-    if spec.family != "sam" and Path(spec.local_name).expanduser().is_dir():
-        return ResolvedModel(spec, str(Path(spec.local_name).expanduser()), True)
-    if models_dir is not None:
-        for cand in _local_candidates(spec, models_dir):
-            if cand.exists():
-                return ResolvedModel(spec, str(cand), True)
+    if spec.family != "sam" and spec.source is not None and Path(spec.source).expanduser().is_dir():
+        return ResolvedModel(spec, str(Path(spec.source).expanduser()), True)  # `clip:/path/to/folder`
+    for folder in (models_dir, shipped_zoo() if spec.name.endswith(":toy") else None):
+        if folder is not None:
+            for cand in _local_candidates(spec, folder):
+                if cand.exists():
+                    return ResolvedModel(spec, str(cand), True)
     if spec.family != "sam" and spec.source is not None:
         return ResolvedModel(spec, spec.source, False)
     looked = f" in models folder {models_dir}" if models_dir is not None else " (no models folder given: --models DIR)"
     raise ModelNotFoundError(f"{name}: weights {spec.local_name!r} not found{looked}{_where_to_get(spec)}")
+
+
+def shipped_zoo() -> Path:
+    """The folder of toy models shipped inside the package (``usam_ray/toyworld/zoo``)."""
+    return Path(__file__).resolve().parent.parent / "toyworld" / "zoo"
 
 
 def _where_to_get(spec: ModelSpec) -> str:
@@ -216,6 +228,8 @@ def _where_to_get(spec: ModelSpec) -> str:
         return f"; download the official checkpoint {spec.source} into your models folder"
     if spec.source:
         return f"; download {spec.source} from the Hugging Face hub into MODELS/{spec.local_name}"
+    if spec.name.endswith(":toy"):
+        return f"; the toy zoo ships in {shipped_zoo()}: rebuild it with `usam-ray toy train-zoo`"
     return "; write the tiny models with `usam-ray models tiny DIR` and pass --models DIR"
 
 

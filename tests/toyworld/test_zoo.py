@@ -1,0 +1,69 @@
+"""The shipped toy zoo loads through the registry and beats measured floors on fresh scenes;
+a shortened training run shows every loss falling."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from usam_ray.cli import app
+from usam_ray.models.registry import resolve, shipped_zoo
+from usam_ray.toyworld.zoo import TrainSettings, interior_point, train_zoo
+
+# Floors, set from what the shipped zoo measured on 200 held-out scenes (see quality.json and the
+# README) with a margin; never lowered to make a test pass.
+SAM_IOU_FLOOR = 0.70  # measured 0.749
+CLIP_ACCURACY_FLOOR = 0.60  # measured 0.717 (chance 0.2)
+DINO_BALANCED_FLOOR = 0.25  # measured 0.313; a random-init DINOv2 gives 0.167 (chance)
+
+
+def test_interior_point_is_inside_and_away_from_the_edge():
+    m = np.zeros((20, 30), bool)
+    m[5:15, 3:25] = True
+    x, y = interior_point(m)
+    assert m[int(y), int(x)] and 7 <= y <= 12 and 6 <= x <= 21
+
+
+def test_shipped_zoo_resolves_without_a_models_folder():
+    for name in ("sam:toy", "clip:toy", "dino:toy"):
+        r = resolve(name, None)
+        assert r.local and str(shipped_zoo()) in r.location
+
+
+@pytest.mark.slow
+def test_shipped_zoo_beats_floors_on_fresh_held_out_scenes():
+    result = CliRunner().invoke(app, ["toy", "check", "--json", "--scenes", "120"])
+    assert result.exit_code == 0, result.output
+    q = json.loads(result.stdout.strip().splitlines()[-1])
+    assert q["sam_mean_iou"] > SAM_IOU_FLOOR
+    assert q["clip_zero_shot_accuracy"] > CLIP_ACCURACY_FLOOR
+    assert q["dino_probe_balanced_accuracy"] > DINO_BALANCED_FLOOR
+
+
+@pytest.mark.slow
+def test_short_training_run_lowers_every_loss(tmp_path):
+    q = train_zoo(tmp_path / "zoo", TrainSettings.quick(), log=lambda _l: None, eval_scenes=10)
+    for name, (first, last) in q["loss_first_last"].items():
+        assert last < 0.9 * first, f"{name} loss did not fall: {first:.3f} -> {last:.3f}"
+    # what it wrote loads through the real loaders
+    assert resolve("sam:toy", tmp_path / "zoo").location.startswith(str(tmp_path))
+    assert (tmp_path / "zoo" / "clip-toy" / "config.json").is_file()
+
+
+def test_training_is_seeded():
+    from usam_ray.toyworld.zoo import scene_pool, train_sam
+
+    pool = scene_pool(12, seed=5)
+    _, a = train_sam(pool, steps=3, batch=2, prompts=2, lr=1e-3, seed=9, log=lambda _l: None)
+    _, b = train_sam(pool, steps=3, batch=2, prompts=2, lr=1e-3, seed=9, log=lambda _l: None)
+    assert a == b
+
+
+def test_toy_cli_writes_scenes_and_objects(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["toy", "scenes", str(tmp_path / "gt"), "--n", "3", "--seed", "4"])
+    assert r.exit_code == 0 and "folder:" in r.output
+    assert len(list((tmp_path / "gt" / "masks").glob("*.png"))) == 3
+    r = runner.invoke(app, ["toy", "objects", str(tmp_path / "obj"), "--per-class", "1"])
+    assert r.exit_code == 0 and len(list((tmp_path / "obj").rglob("*.png"))) == 5
