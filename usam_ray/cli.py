@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .config import EmbedConfig, EvalConfig, load_config
+from .config import EmbedConfig, EvalConfig, TrainUsamConfig, load_config
 
 app = typer.Typer(
     name="usam-ray",
@@ -27,8 +27,10 @@ config_app = typer.Typer(help="Show resolved configurations and their fields.", 
 app.add_typer(models_app, name="models")
 toy_app = typer.Typer(help="The toy world: procedural scenes with ground truth, and the toy model zoo.",
                       no_args_is_help=True)
+train_app = typer.Typer(help="Train heads on Ray Train.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(toy_app, name="toy")
+app.add_typer(train_app, name="train")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a field: dotted.key=value (repeatable).")
@@ -93,6 +95,32 @@ def embed(
     )
     if summary.errors_total:
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
+@train_app.command("usam")
+def train_usam_cmd(
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", help="Embed stage directory (RUN/embed)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Head directory (RUN/head)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help='Classes in order, e.g. "person, bicycle, dog".'),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+) -> None:
+    """Train U-SAM's MIL teacher, then the uncertainty-distilled student (TorchTrainer).
+
+    Writes teacher.pt, student.pt, best.pt and head.json; prints every epoch's metrics.
+    """
+    from .train.usam import TrainDataError, train_usam
+    from .types import Ontology
+
+    try:
+        names = list(Ontology.from_names(classes).classes) if classes is not None else None
+        cfg = load_config(TrainUsamConfig, config, _overrides(sets, embeddings=embeddings, out=out, classes=names))
+        if cfg.embeddings is None or cfg.out is None:
+            raise ValueError("train usam needs --embeddings and --out")
+        summary = train_usam(cfg, log=lambda line: typer.echo(line, err=True))
+    except (TrainDataError,) + _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"heads written to {cfg.out}: teacher.pt, student.pt, best.pt (student epoch {summary['best']['epoch']})")
 
 
 @app.command("eval")

@@ -189,3 +189,32 @@ class EvalConfig(_Section):
     shard_size: int = Field(64, ge=1, description="Images per evaluation task.")
     parallel: bool = Field(True, description="Evaluate in Ray tasks (False: one process, same result).")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings (address).")
+
+
+class TrainUsamConfig(_Section):
+    """`usam-ray train usam`: the MIL teacher and the uncertainty-distilled student on embeddings."""
+
+    embeddings: Optional[Path] = Field(None, description="Embed stage directory (RUN/embed) of labelled images.")
+    out: Optional[Path] = Field(None, description="Head directory to write (RUN/head).")
+    classes: Optional[list[str]] = Field(
+        None, description="Classes to learn, in order; default: the sorted image labels found in the embeddings."
+    )
+    epochs: int = Field(10, ge=1, description="Epochs of each phase (teacher, then student).")
+    batch_size: int = Field(64, ge=1, description="Images (bags) per step (paper: 64).")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (paper: 1e-3).")
+    a: float = Field(10.0, gt=0, description="MIL top-k divisor: k = max(1, ceil(d / a)) of d masks per image.")
+    tau: Optional[float] = Field(None, description="Entropy threshold of the bad set; default 0.5·log C.")
+    lambda_mil: float = Field(1.0, ge=0, description="Weight of the MIL loss in the student loss (λ1).")
+    lambda_unc: float = Field(0.15, ge=0, description="Weight of the uncertainty loss in the student loss (λ2).")
+    hidden: int = Field(512, ge=1, description="Hidden width of the 4-layer MLP head.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Images (by id hash) held out to pick the best student.")
+    seed: int = Field(0, description="Torch seed of the heads' initialisation.")
+    workers: Optional[int] = Field(None, ge=1, description="Ray Train workers; default one per GPU, else 1.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings (address, device).")
+
+    def tau_value(self, num_classes: int) -> float:
+        """τ, defaulting to half the maximum entropy, 0.5·log C."""
+        import math
+
+        return self.tau if self.tau is not None else 0.5 * math.log(max(num_classes, 2))

@@ -1,0 +1,80 @@
+"""U-SAM heads trained through Ray Train on embedding shards of synthetic bags."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from usam_ray.config import TrainUsamConfig, load_config
+from usam_ray.data.schema import embeddings_table, shard_metadata
+from usam_ray.data.shards import write_shard
+from usam_ray.masks import mask_to_rle
+from usam_ray.train.usam import TrainDataError, class_list, load_head, train_usam
+
+pytestmark = pytest.mark.slow
+CLASSES = ["circle", "ring", "star"]
+P, T = 16, 32
+
+
+def _bags(rng, n, centres):
+    tokens = rng.normal(0, 1, (n, P, T)).astype(np.float32)
+    y = rng.integers(0, len(CLASSES), n)
+    truth = np.full((n, P), -1)
+    for i in range(n):
+        idx = rng.choice(P, 3, replace=False)
+        tokens[i, idx] += centres[y[i]]
+        truth[i, idx] = y[i]
+    return tokens, y, truth
+
+
+def _write_embeddings(run, rng, centres, n=240, shard=60, labels=True):
+    tokens, y, truth = _bags(rng, n, centres)
+    rle = mask_to_rle(np.ones((4, 4), bool))["counts"]
+    for s in range(0, n, shard):
+        sl = slice(s, s + shard)
+        m = len(range(n)[sl])
+        counts = np.empty(m, dtype=object)
+        counts[:] = [[rle] * P for _ in range(m)]
+        batch = {"image_id": np.array([f"img{i}" for i in range(s, s + m)], object),
+                 "path": np.array(["p"] * m, object),
+                 "labels": np.array([json.dumps([CLASSES[k]] if labels else []) for k in y[sl]], object),
+                 "height": np.full(m, 4), "width": np.full(m, 4), "points": np.zeros((m, P, 2)),
+                 "tokens": tokens[sl], "iou": np.zeros((m, P)), "stability": np.zeros((m, P)),
+                 "boxes": np.zeros((m, P, 4)), "mask_counts": counts}
+        write_shard(embeddings_table(batch, T), run / "embed" / f"part-{s:04d}.parquet",
+                    shard_metadata("embeddings", "fp-embed", {"sam:test": "w"}))
+
+
+def test_teacher_and_student_learn_instance_classes_from_image_labels(tmp_path, ray_session):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (len(CLASSES), T)) * 2.5
+    _write_embeddings(tmp_path, rng, centres)
+    cfg = load_config(TrainUsamConfig, None, [f"embeddings={tmp_path / 'embed'}", f"out={tmp_path / 'head'}",
+                                              "epochs=6", "batch_size=32", "a=5", "hidden=64", "dropout=0.0"])
+    summary = train_usam(cfg, log=lambda _l: None)
+    assert summary["classes"] == CLASSES and summary["embeddings"]["fingerprint"] == "fp-embed"
+    phases = [m["phase"] for m in summary["metrics"]]
+    assert phases == ["teacher"] * 6 + ["student"] * 6
+    teacher_losses = [m["mil"] for m in summary["metrics"] if m["phase"] == "teacher"]
+    assert teacher_losses[-1] < teacher_losses[0]
+    assert all(m["unc"] > 0 for m in summary["metrics"] if m["phase"] == "student")
+    xt, _y, truth = _bags(np.random.default_rng(9), 200, centres)
+    for name in ("teacher.pt", "student.pt", "best.pt"):
+        head, ckpt = load_head(tmp_path / "head" / name)
+        assert ckpt["classes"] == CLASSES and ckpt["embeddings"]["fingerprint"] == "fp-embed"
+        with torch.no_grad():
+            pred = head(torch.as_tensor(xt)).argmax(-1).numpy()
+        accuracy = (pred[truth >= 0] == truth[truth >= 0]).mean()
+        assert accuracy > 0.85, f"{name}: instance accuracy {accuracy:.3f}"  # chance 1/3
+
+
+def test_class_list_checks(tmp_path):
+    rng = np.random.default_rng(1)
+    _write_embeddings(tmp_path / "a", rng, np.zeros((3, T)), n=10, shard=10)
+    assert class_list(tmp_path / "a" / "embed", None) == CLASSES
+    with pytest.raises(TrainDataError, match="star"):
+        class_list(tmp_path / "a" / "embed", ["circle", "ring"])
+    _write_embeddings(tmp_path / "b", rng, np.zeros((3, T)), n=10, shard=10, labels=False)
+    with pytest.raises(TrainDataError, match="no labels"):
+        class_list(tmp_path / "b" / "embed", None)
