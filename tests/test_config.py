@@ -64,10 +64,18 @@ def test_apply_overrides_creates_sections():
 def test_shipped_configs_load():
     from pathlib import Path
 
+    import yaml
+
+    from usam_ray.config import RunConfig
+    from usam_ray.types import Ontology
+
     files = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert files
     for path in files:
-        load_config(EmbedConfig, path)
+        is_run = "classes" in (yaml.safe_load(path.read_text()) or {})
+        cfg = load_config(RunConfig if is_run else EmbedConfig, path)
+        if is_run:
+            assert len(Ontology.from_names(cfg.classes).classes) in (20, 80)
 
 
 def test_ci_runs_the_readme_test_command():

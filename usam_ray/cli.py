@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .config import EmbedConfig, EvalConfig, TrainUsamConfig, load_config
+from .config import EmbedConfig, EvalConfig, LabelConfig, RunConfig, TrainUsamConfig, load_config
 
 app = typer.Typer(
     name="usam-ray",
@@ -95,6 +95,112 @@ def embed(
     )
     if summary.errors_total:
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
+@app.command()
+def label(
+    images: Optional[str] = typer.Option(None, "--images", "-i", help="Images to label (embedded first into OUT/../embed)."),
+    from_embeddings: Optional[Path] = typer.Option(
+        None, "--from-embeddings", help="Label stored embeddings (RUN/embed) without running SAM again."),
+    head: Optional[Path] = typer.Option(None, "--head", help="Head directory (RUN/head) or a .pt checkpoint."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Labels directory (RUN/labels)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Expected classes (checked against the head)."),
+    overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    models: Optional[Path] = ModelsOpt,
+) -> None:
+    """Label every image: SAM masks → head → threshold → mask NMS → instances + semantic maps.
+
+    Writes instances/part-*.parquet, coco_results.json, classes.json, semantic/<key>.png (and overlays/).
+    Resumable; --from-embeddings relabels in seconds with a new head or thresholds.
+    """
+    from .pipelines.label import HeadMismatchError, run_label
+    from .types import Ontology
+
+    try:
+        names = list(Ontology.from_names(classes).classes) if classes is not None else None
+        cfg = load_config(LabelConfig, config, _overrides(
+            sets, images=images, embeddings=from_embeddings, head=head, out=out, overlays=overlays,
+            **{"runtime.models_dir": models}))
+        summary = run_label(cfg, log=lambda line: typer.echo(line, err=True), classes=names)
+    except (HeadMismatchError,) + _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"labelled {summary.images} images ({summary.instances} instances) this run; {summary.out} holds "
+               f"{summary.images_total} semantic maps and {summary.instances_total} instances")
+
+
+@app.command()
+def synth(
+    classes: str = typer.Option(..., "--classes", help='Classes, e.g. "person, bicycle, dog".'),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the Parquet image shards (RUN/synth)."),
+    source: str = typer.Option("diffusion", help="diffusion or toy."),
+    per_class: int = typer.Option(200, "--per-class", help="Images per class."),
+    model: str = typer.Option("auto", help="Diffusion model (registry name, hub id or folder)."),
+    template: str = typer.Option("a photo of a {c}", help="Prompt template."),
+    steps: int = typer.Option(50, help="Sampling steps."),
+    size: int = typer.Option(512, help="Image side."),
+    seed: int = typer.Option(0, help="Base seed."),
+    models: Optional[Path] = ModelsOpt,
+) -> None:
+    """Generate per-class training images (Stable Diffusion or the toy world) as Parquet shards; resumable."""
+    from .pipelines.synth import run_synth
+    from .types import Ontology
+
+    try:
+        names = list(Ontology.from_names(classes).classes)
+        result = run_synth(names, source, per_class, out, model=model, models_dir=models, template=template,
+                           steps=steps, size=size, seed=seed, log=lambda line: typer.echo(line, err=True))
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"synth: {result['generated']} generated, {result['total']} images in {out}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run config YAML (configs/voc.yaml, configs/coco80.yaml, …)."),
+    sets: Optional[List[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (overrides the config's)."),
+    models: Optional[Path] = ModelsOpt,
+) -> None:
+    """synth → embed → train → label → eval, each stage resumed or skipped when already done."""
+    from .pipelines.label import HeadMismatchError
+    from .pipelines.run import comparison_table, run_pipeline
+
+    try:
+        cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}))
+        result = run_pipeline(cfg, log=lambda line: typer.echo(line, err=True))
+    except (HeadMismatchError,) + _user_errors() as exc:
+        _fail(str(exc))
+    _print_run(result, cfg.out)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."),
+    scenes: int = typer.Option(60, help="Toy scenes to label and score."),
+    per_class: int = typer.Option(80, "--per-class", help="Toy training images per class."),
+) -> None:
+    """The whole job on the toy world with the shipped toy zoo, on a local Ray instance: toy objects →
+    toy SAM embeddings → MIL + distillation heads → labels of fresh toy scenes → mIoU / mAP50, with baselines."""
+    from .pipelines.run import run_demo
+
+    result = run_demo(out, log=lambda line: typer.echo(line, err=True), scenes=scenes, per_class=per_class)
+    _print_run(result, out)
+
+
+def _print_run(result: dict, out) -> None:
+    from .eval.report import headline
+    from .pipelines.run import comparison_table
+
+    if result.get("eval"):
+        typer.echo(headline(result["eval"]))
+    if result.get("comparison"):
+        typer.echo("")
+        typer.echo(comparison_table(result["comparison"]))
+    typer.echo(f"\nlabels: {out}/labels (semantic/, instances/, coco_results.json), overlays: {out}/labels/overlays/")
+    if result.get("eval"):
+        typer.echo(f"report: {out}/eval/report.md")
 
 
 @train_app.command("usam")

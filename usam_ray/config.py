@@ -218,3 +218,64 @@ class TrainUsamConfig(_Section):
         import math
 
         return self.tau if self.tau is not None else 0.5 * math.log(max(num_classes, 2))
+
+
+class LabelSettingsConfig(_Section):
+    """Thresholds that turn per-mask class probabilities into labels."""
+
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Keep a mask when its top class probability ≥ this.")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="Class-agnostic mask NMS IoU threshold.")
+    min_iou_pred: float = Field(0.0, ge=0, le=1, description="Drop masks whose SAM predicted IoU is below this.")
+    min_area: int = Field(16, ge=0, description="Drop masks with fewer pixels.")
+
+
+class LabelConfig(_Section):
+    """`usam-ray label`: instances and semantic maps for every image, from a trained head."""
+
+    images: Optional[str] = Field(None, description="Image source to label (embedded first into OUT/../embed).")
+    embeddings: Optional[Path] = Field(None, description="Label stored embeddings (RUN/embed) instead of images.")
+    head: Optional[Path] = Field(None, description="Head directory (RUN/head) written by `usam-ray train usam`.")
+    checkpoint: Literal["best", "student", "teacher"] = Field(
+        "best", description="Which head: best (validation), student (last) or teacher (MIL only)."
+    )
+    out: Optional[Path] = Field(None, description="Labels directory (RUN/labels).")
+    overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
+    label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Thresholds.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (when labelling images).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+class SynthSection(_Section):
+    """Where U-SAM's per-class training images come from."""
+
+    source: Literal["diffusion", "toy", "folder"] = Field(
+        "diffusion", description="diffusion (text-to-image), toy (toy-world objects) or folder (class-per-folder images)."
+    )
+    model: str = Field("auto", description="Diffusion model (registry name, hub id or folder); auto: SD v1-4.")
+    per_class: int = Field(200, ge=1, description="Images per class (paper: 200).")
+    template: str = Field("a photo of a {c}", description="Prompt template; {c} is the class name.")
+    steps: int = Field(50, ge=1, description="Diffusion sampling steps.")
+    guidance: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    size: int = Field(512, ge=16, description="Generated image side in pixels.")
+    seed: int = Field(0, description="Base seed; each image's seed derives from (class, index).")
+    folder: Optional[Path] = Field(None, description="Class-per-folder root (source folder).")
+
+
+class RunConfig(_Section):
+    """`usam-ray run`: synth → embed → train → label → eval, each stage resumed or skipped."""
+
+    out: Optional[Path] = Field(None, description="Run directory.")
+    classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
+    images: Optional[str] = Field(None, description="The images to label (folder, classes:DIR or Parquet).")
+    gt: Optional[str] = Field(None, description="Ground truth for evaluation (voc:…, coco:…, folder:…); none: skip.")
+    synth: SynthSection = Field(default_factory=SynthSection, description="Training images.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (training and labelling).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    train: TrainUsamConfig = Field(default_factory=TrainUsamConfig, description="Head training (paths filled in).")
+    label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Labelling thresholds.")
+    checkpoint: Literal["best", "student", "teacher"] = Field("best", description="Head used for the labels.")
+    overlays: bool = Field(True, description="Write overlay PNGs next to the labels.")
+    baselines: bool = Field(False, description="Also label and score MIL-only, SAM+CLIP and all-background.")
+    clip_model: str = Field("auto", description="CLIP for the SAM+CLIP baseline (registry name or hub id).")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")

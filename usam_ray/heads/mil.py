@@ -103,7 +103,7 @@ def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, val
     bad = bad_masks(teacher_logits.detach(), valid, labels, tau)
     l_unc = uncertainty_loss(student_logits, bad)
     frac = float(bad.sum()) / max(1, int(valid.sum()))
-    return lambda_mil * l_mil + lambda_unc * l_unc, {"mil": float(l_mil), "unc": float(l_unc), "bad_fraction": frac}
+    return lambda_mil * l_mil + lambda_unc * l_unc, {"mil": l_mil.item(), "unc": l_unc.item(), "bad_fraction": frac}
 
 
 def default_tau(num_classes: int) -> float:

@@ -150,12 +150,15 @@ def _colour(rng: np.random.Generator) -> str:
     return list(COLOURS)[int(rng.integers(0, len(COLOURS)))]
 
 
-def single_object(rng: np.random.Generator, size: int = 128, cls: Optional[int] = None) -> Scene:
-    """One large, roughly centred object of class ``cls`` (random if None) on a cluttered background."""
+def single_object(rng: np.random.Generator, size: int = 128, cls: Optional[int] = None,
+                  scale: tuple[float, float] = (0.22, 0.36)) -> Scene:
+    """One roughly centred object of class ``cls`` (random if None) on a cluttered background;
+    its radius is drawn from ``scale`` × size (the default gives large objects; the multi-object
+    scenes use 0.08–0.2)."""
     cls = int(rng.integers(1, len(CLASSES) + 1)) if cls is None else cls
     img = _background(rng, size, clutter=int(rng.integers(0, 4)))
     centre = tuple(size / 2 + rng.uniform(-0.1, 0.1, 2) * size)
-    mask = _place(rng, size, cls, (0.22, 0.36), centre)  # type: ignore[arg-type]
+    mask = _place(rng, size, cls, scale, centre)  # type: ignore[arg-type]
     colour = _colour(rng)
     _paint(rng, img, mask, COLOURS[colour])
     semantic = np.where(mask, cls, 0).astype(np.uint8)

@@ -138,7 +138,7 @@ def _train_loop(config: dict) -> None:
                     logits = model(x[train])
                     if teacher is None:
                         loss = mil_loss(logits, valid[train], y[train], config["a"])
-                        parts = {"mil": float(loss), "unc": 0.0, "bad_fraction": 0.0}
+                        parts = {"mil": loss.item(), "unc": 0.0, "bad_fraction": 0.0}
                     else:
                         with torch.no_grad():
                             t_logits = teacher(x[train])
@@ -147,7 +147,7 @@ def _train_loop(config: dict) -> None:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    sums["loss"] += float(loss)
+                    sums["loss"] += loss.item()
                     for k in ("mil", "unc", "bad_fraction"):
                         sums[k] += parts[k]
                     n += 1

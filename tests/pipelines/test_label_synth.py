@@ -1,0 +1,84 @@
+"""Synth (toy) and label pipelines through Ray, with a real (random) head on the tiny SAM."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import write_images
+from usam_ray.config import LabelConfig, load_config
+from usam_ray.data.shards import list_shards, read_column
+from usam_ray.heads.mil import MaskClassifier
+from usam_ray.models.registry import resolve
+from usam_ray.pipelines.label import HeadMismatchError, run_label
+from usam_ray.pipelines.synth import item_seed, run_synth
+
+pytestmark = pytest.mark.slow
+CLASSES = ["circle", "star"]
+
+
+def _head(path, sam_fp, classes=CLASSES, seed=0):
+    torch.manual_seed(seed)
+    head = MaskClassifier(256, len(classes), hidden=32, dropout=0.0)
+    # bias towards confident outputs so that some masks pass the threshold
+    torch.save({"args": head.args, "state_dict": head.state_dict(), "classes": classes, "phase": "student",
+                "epoch": 0, "metrics": {}, "embeddings": {"fingerprint": "x", "models": {"sam:tiny": sam_fp}}}, path)
+
+
+def test_from_embeddings_gives_the_same_labels_as_the_full_run(tmp_path, zoo, ray_session):
+    write_images(tmp_path / "imgs", 5, bad=False)
+    sam_fp = resolve("sam:tiny", zoo).fingerprint()
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", sam_fp)
+    common = [f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}", "sam.points_per_side=4",
+              "label.score_threshold=0.3", "label.min_area=1", "runtime.progress=false"]
+    full = run_label(load_config(LabelConfig, None, [f"images={tmp_path / 'imgs'}", f"out={tmp_path / 'run' / 'labels'}",
+                                                     "overlays=true", *common]), log=lambda _l: None)
+    again = run_label(load_config(LabelConfig, None, [f"embeddings={tmp_path / 'run' / 'embed'}",
+                                                      f"out={tmp_path / 'relabel'}", *common]), log=lambda _l: None)
+    assert full.images_total == again.images_total == 5
+    a = sorted((tmp_path / "run" / "labels" / "semantic").rglob("*.png"))
+    b = sorted((tmp_path / "relabel" / "semantic").rglob("*.png"))
+    assert [p.name for p in a] == [p.name for p in b] and all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+    ra = json.loads((tmp_path / "run" / "labels" / "coco_results.json").read_text())
+    rb = json.loads((tmp_path / "relabel" / "coco_results.json").read_text())
+    assert ra == rb and full.instances_total == len(ra)
+    assert len(list((tmp_path / "run" / "labels" / "overlays").rglob("*.png"))) == 5
+    classes = json.loads((tmp_path / "run" / "labels" / "classes.json").read_text())
+    assert classes["classes"] == ["background", *CLASSES]
+    # resumable: a second run labels nothing new
+    third = run_label(load_config(LabelConfig, None, [f"embeddings={tmp_path / 'run' / 'embed'}",
+                                                      f"out={tmp_path / 'relabel'}", *common]), log=lambda _l: None)
+    assert third.images == 0 and third.shards_done_before == len(list_shards(tmp_path / "run" / "embed"))
+
+
+def test_head_of_another_sam_is_refused_naming_both(tmp_path, zoo, ray_session):
+    write_images(tmp_path / "imgs", 1, bad=False)
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", "0123456789abcdef")
+    cfg = load_config(LabelConfig, None, [f"images={tmp_path / 'imgs'}", f"out={tmp_path / 'run' / 'labels'}",
+                                          f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}",
+                                          "sam.points_per_side=2"])
+    with pytest.raises(HeadMismatchError, match="0123456789abcdef.*" + resolve("sam:tiny", zoo).fingerprint()):
+        run_label(cfg, log=lambda _l: None)
+
+
+def test_toy_synth_is_seeded_and_resumes(tmp_path, ray_session):
+    out = tmp_path / "synth"
+    first = run_synth(CLASSES, "toy", 3, out, size=64, batch_size=2, shard_size=4, log=lambda _l: None)
+    assert first["generated"] == 6 and first["total"] == 6
+    rows = {r["image_id"]: r for s in list_shards(out) for r in pq.read_table(s).to_pylist()}
+    assert sorted(rows) == ["circle/00000", "circle/00001", "circle/00002", "star/00000", "star/00001", "star/00002"]
+    assert all(r["labels"] == [r["image_id"].split("/")[0]] for r in rows.values())
+    again = run_synth(CLASSES, "toy", 4, out, size=64, batch_size=2, log=lambda _l: None)
+    assert again["generated"] == 2 and again["total"] == 8
+    for s in list_shards(out):
+        s.unlink()
+    run_synth(CLASSES, "toy", 3, out, size=64, batch_size=2, log=lambda _l: None)
+    regenerated = {r["image_id"]: r for s in list_shards(out) for r in pq.read_table(s).to_pylist()}
+    assert all(regenerated[k]["image"] == rows[k]["image"] for k in rows)  # same seed, same bytes
+    assert item_seed("circle", 1) != item_seed("circle", 2) != item_seed("star", 1)
+    with pytest.raises(ValueError, match="unicorn"):
+        run_synth(["unicorn"], "toy", 1, tmp_path / "x", log=lambda _l: None)

@@ -1,0 +1,327 @@
+"""The label pipeline: embeddings → head → threshold → mask NMS → instances and semantic maps.
+
+``run_label`` labels images (embedding them first into ``RUN/embed``, resumable) or stored
+embeddings (``--from-embeddings``: a new head or new thresholds cost seconds, not GPU hours).
+Each embedding shard becomes one Ray Data task on a head actor, which writes the shard's
+semantic PNGs and (optional) overlays, then its instance shard, atomically; a re-run skips
+shards whose instance shard exists. At the end the instance shards are merged into
+``coco_results.json`` and ``classes.json`` is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..config import EmbedConfig, LabelConfig, stable_hash
+from ..data.groundtruth import image_key
+from ..data.schema import INSTANCES_SCHEMA, META_MODELS, row_to_maskset, shard_metadata
+from ..data.shards import (
+    atomic_write_bytes, check_fingerprints, list_shards, remove_temp_files, update_manifest, utc_now, write_shard,
+)
+from ..methods.usam import LabelSettings, select_instances, semantic_map
+from ..models.registry import weights_fingerprint
+
+STAGE = "label"
+PALETTE_SEED = 3
+
+
+class HeadMismatchError(ValueError):
+    """A head trained on embeddings of another SAM (or other classes) than the labelling run's."""
+
+
+def palette(num_classes: int) -> list[int]:
+    """A 256-entry PIL palette: 0 black, 255 white, classes in distinct colours."""
+    rng = np.random.default_rng(PALETTE_SEED)
+    pal = [0, 0, 0] + [int(v) for v in rng.integers(40, 256, 3 * 254)] + [255, 255, 255]
+    return pal
+
+
+def png_bytes(label_map: np.ndarray, pal: list[int]) -> bytes:
+    """A paletted PNG of a (H, W) uint8 class-id map."""
+    from PIL import Image
+
+    img = Image.fromarray(label_map, "P")
+    img.putpalette(pal)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def overlay_bytes(image_path: str, label_map: np.ndarray, pal: list[int]) -> Optional[bytes]:
+    """The image with labelled pixels tinted by their class colour (None if the image is unreadable)."""
+    from PIL import Image
+
+    try:
+        img = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32)
+    except OSError:
+        return None
+    if img.shape[:2] != label_map.shape:
+        return None
+    colours = np.asarray(pal, np.float32).reshape(256, 3)[label_map]
+    alpha = (label_map > 0)[..., None] * 0.5
+    out = (img * (1 - alpha) + colours * alpha).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(out).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class LabelShardStage:
+    """Ray Data stage: one embedding shard path per row → its labels written; one summary row out.
+
+    Args:
+        head_path (str): head checkpoint (``best.pt``…).
+        labels_dir (str): output labels directory.
+        settings (LabelSettings): thresholds.
+        fingerprint (str): label fingerprint stored in instance shards.
+        overlays (bool): also write overlay PNGs.
+    """
+
+    INPUT = ("path",)
+
+    def __init__(self, head_path: str, labels_dir: str, settings: LabelSettings, fingerprint: str,
+                 overlays: bool = False) -> None:
+        from ..train.usam import load_head
+
+        self.head, ckpt = load_head(Path(head_path))
+        self.classes = list(ckpt["classes"])
+        self.dir = Path(labels_dir)
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self.overlays = overlays
+        self.pal = palette(len(self.classes))
+
+    provenance = "usam"
+
+    def probs(self, row: dict, ms) -> np.ndarray:
+        """(P, C) class probabilities of the row's masks: the head's softmax over its tokens."""
+        import torch
+
+        with torch.inference_mode():
+            return self.head(torch.as_tensor(ms.data["tokens"])).softmax(-1).numpy()
+
+    def label_rows(self, rows: list[dict]) -> list[tuple[dict, object, np.ndarray]]:
+        """(row, instances MaskSet, semantic map) for each embeddings row."""
+        out = []
+        for row in rows:
+            ms = row_to_maskset(row)
+            inst = select_instances(ms, self.probs(row, ms), self.settings)
+            out.append((row, inst, semantic_map(inst, int(row["height"]), int(row["width"]))))
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .stages import require_columns
+
+        require_columns("label", batch, self.INPUT)
+        names, images, instances = [], [], []
+        for path in batch["path"]:
+            rows = pq.read_table(str(path)).to_pylist()
+            inst_rows = []
+            for row, inst, sem in self.label_rows(rows):
+                key = image_key(row["image_id"])
+                atomic_write_bytes(self.dir / "semantic" / f"{key}.png", png_bytes(sem, self.pal))
+                if self.overlays:
+                    data = overlay_bytes(row["path"], sem, self.pal)
+                    if data is not None:
+                        atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
+                for rle, c, s, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
+                    inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
+                                      "score": float(s), "height": int(row["height"]), "width": int(row["width"]),
+                                      "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
+            name = Path(str(path)).name
+            write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
+                        shard_metadata("instances", self.fingerprint, {}))
+            names.append(name)
+            images.append(len(rows))
+            instances.append(len(inst_rows))
+        arr = np.empty(len(names), dtype=object)
+        arr[:] = names
+        return {"shard": arr, "images": np.array(images), "instances": np.array(instances)}
+
+
+class SamClipShardStage(LabelShardStage):
+    """The SAM + CLIP baseline as a label stage: CLIP classifies each mask's cut-out.
+
+    Args:
+        clip_location (ResolvedModel): the CLIP to load.
+        classes (list[str]): class names (prompted as "a photo of a {c}").
+        labels_dir, settings, fingerprint, overlays: as LabelShardStage.
+    """
+
+    provenance = "sam_clip"
+
+    def __init__(self, clip_location, classes: list[str], labels_dir: str, settings: LabelSettings,
+                 fingerprint: str, overlays: bool = False) -> None:
+        from ..models.clip import load_clip
+
+        self.clip = load_clip(clip_location)
+        self.classes = list(classes)
+        self.dir = Path(labels_dir)
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self.overlays = overlays
+        self.pal = palette(len(self.classes))
+
+    def probs(self, row: dict, ms) -> np.ndarray:
+        from PIL import Image
+
+        from ..methods.sam_clip import clip_mask_probs
+
+        image = np.asarray(Image.open(row["path"]).convert("RGB"))
+        return clip_mask_probs(self.clip, image, ms, self.classes)
+
+
+def check_head(ckpt: dict, embed_models: dict[str, str], embed_dir: Path, head_path: Path,
+               classes: Optional[list[str]] = None) -> None:
+    """Refuse a head trained on another SAM's embeddings, or for other classes than asked.
+
+    Raises:
+        HeadMismatchError: naming both SAM fingerprints (or both class lists).
+    """
+    trained = {k: v for k, v in ckpt["embeddings"]["models"].items() if k.startswith("sam:")}
+    labelling = {k: v for k, v in embed_models.items() if k.startswith("sam:")}
+    if trained != labelling:
+        raise HeadMismatchError(
+            f"head {head_path} was trained on embeddings of {trained} but {embed_dir} holds embeddings of "
+            f"{labelling}: train a head on this SAM's embeddings, or label with the SAM the head knows"
+        )
+    if classes is not None and list(classes) != list(ckpt["classes"]):
+        raise HeadMismatchError(f"head {head_path} predicts {ckpt['classes']}, not the requested {classes}")
+
+
+@dataclass
+class LabelSummary:
+    """What a label run did: images and instances labelled now, totals, where things are."""
+
+    out: str
+    fingerprint: str
+    shards_done_before: int
+    images: int
+    instances: int
+    images_total: int
+    instances_total: int
+    seconds: float
+
+
+def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Optional[list[str]] = None) -> LabelSummary:
+    """Label ``cfg.images`` (embedding them first) or ``cfg.embeddings`` with the head in ``cfg.head``."""
+    import pyarrow.parquet as pq
+
+    from ..train.usam import load_head
+    from .embed import run_embed
+
+    start = time.time()
+    if cfg.head is None or cfg.out is None:
+        raise ValueError("label needs --head and --out")
+    head_path = Path(cfg.head) / f"{cfg.checkpoint}.pt" if Path(cfg.head).is_dir() else Path(cfg.head)
+    if not head_path.is_file():
+        raise FileNotFoundError(f"head checkpoint {head_path} does not exist (run `usam-ray train usam` first)")
+    _head, ckpt = load_head(head_path)
+    out = Path(cfg.out)
+    if cfg.embeddings is not None:
+        embed_dir = Path(cfg.embeddings)
+    elif cfg.images is not None:
+        embed_dir = out.parent / "embed"
+        ecfg = EmbedConfig(images=cfg.images, out=out.parent, sam=cfg.sam, data=cfg.data, runtime=cfg.runtime)
+        run_embed(ecfg, log=log)
+    else:
+        raise ValueError("label needs --images or --from-embeddings")
+    shards = list_shards(embed_dir)
+    if not shards:
+        raise FileNotFoundError(f"no embedding shards in {embed_dir}")
+    meta = pq.read_schema(shards[0]).metadata or {}
+    embed_models = json.loads(meta.get(META_MODELS, b"{}"))
+    check_head(ckpt, embed_models, embed_dir, head_path, classes)
+    settings = LabelSettings(**cfg.label.model_dump())
+    fingerprint = stable_hash({"stage": STAGE, "head": weights_fingerprint(head_path), "settings": cfg.label.model_dump(),
+                               "embed": pq.read_schema(shards[0]).metadata.get(b"usam_ray.fingerprint", b"").decode()})
+    log(f"label: head {head_path} ({len(ckpt['classes'])} classes {ckpt['classes']})")
+    update_manifest(out.parent, STAGE, status="running", started=utc_now(), fingerprint=fingerprint,
+                    head=str(head_path), config=cfg.model_dump(mode="json"))
+    kwargs = {"head_path": str(head_path), "labels_dir": str(out), "settings": settings, "fingerprint": fingerprint,
+              "overlays": cfg.overlays}
+    summary = label_shards(LabelShardStage, kwargs, shards, out, ckpt["classes"], fingerprint, cfg.runtime, log)
+    summary.seconds = time.time() - start
+    update_manifest(out.parent, STAGE, status="complete", finished=utc_now(), images=summary.images_total,
+                    instances=summary.instances_total)
+    return summary
+
+
+def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes: list[str], fingerprint: str,
+                 runtime, log: Callable[[str], None]) -> LabelSummary:
+    """Run ``stage_cls`` over the embedding shards not yet labelled in ``out``; merge the outputs.
+
+    Raises:
+        StageConflictError: ``out`` holds labels of another fingerprint.
+    """
+    import ray.data
+
+    from .runtime import init_ray, quiet_ray_data
+
+    start = time.time()
+    remove_temp_files(out)
+    check_fingerprints([out / "instances"], fingerprint, STAGE)
+    done = {p.name for p in list_shards(out / "instances")}
+    pending = [s for s in shards if s.name not in done]
+    log(f"label: {len(shards)} embedding shards, {len(shards) - len(pending)} already labelled in {out}")
+    images = instances = 0
+    if pending:
+        init_ray(runtime.address)
+        quiet_ray_data()
+        ds = ray.data.from_items([{"path": str(p)} for p in pending], override_num_blocks=len(pending))
+        ds = ds.map_batches(stage_cls, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
+                            fn_constructor_kwargs=kwargs)
+        for k, row in enumerate(ds.iter_rows(), start=1):
+            images += int(row["images"])
+            instances += int(row["instances"])
+            if runtime.progress:
+                log(f"label: {k}/{len(pending)} shards, {images} images, {instances} instances")
+    totals = write_coco_and_classes(out, classes, fingerprint)
+    return LabelSummary(str(out), fingerprint, len(shards) - len(pending), images, instances, totals[0], totals[1],
+                        time.time() - start)
+
+
+def run_sam_clip(embed_dir: Path, out: Path, classes: list[str], clip_resolved, settings: LabelSettings, runtime,
+                 log: Callable[[str], None] = print) -> LabelSummary:
+    """Label stored embeddings' masks with the SAM + CLIP baseline (images are read again for the cut-outs)."""
+    shards = list_shards(Path(embed_dir))
+    if not shards:
+        raise FileNotFoundError(f"no embedding shards in {embed_dir}")
+    fingerprint = stable_hash({"stage": "sam_clip", "clip": clip_resolved.fingerprint(), "classes": classes,
+                               "settings": settings.__dict__})
+    kwargs = {"clip_location": clip_resolved, "classes": classes, "labels_dir": str(out), "settings": settings,
+              "fingerprint": fingerprint}
+    return label_shards(SamClipShardStage, kwargs, shards, Path(out), classes, fingerprint, runtime, log)
+
+
+def write_coco_and_classes(out: Path, classes: list[str], fingerprint: str) -> tuple[int, int]:
+    """Merge the instance shards into ``coco_results.json``; write ``classes.json``.
+
+    Returns:
+        (images with a semantic map, instances).
+    """
+    import pyarrow.parquet as pq
+
+    results = []
+    for shard in list_shards(out / "instances"):
+        for r in pq.read_table(shard).to_pylist():
+            x0, y0, x1, y1 = r["box"]
+            results.append({"image_id": r["image_id"], "category_id": r["class_id"], "category_name": r["class_name"],
+                            "score": round(r["score"], 5), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "segmentation": {"size": [r["height"], r["width"]], "counts": r["counts"].decode("ascii")}})
+    atomic_write_bytes(out / "coco_results.json", json.dumps(results).encode())
+    names = ["background", *classes]
+    meta = {"classes": names, "categories": [{"id": i, "name": n} for i, n in enumerate(names) if i > 0],
+            "fingerprint": fingerprint}
+    atomic_write_bytes(out / "classes.json", json.dumps(meta, indent=2).encode())
+    images = len(list((out / "semantic").rglob("*.png"))) if (out / "semantic").is_dir() else 0
+    return images, len(results)
