@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Tests never reach a model hub: fail fast instead of retrying DNS look-ups.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Path:

@@ -83,3 +83,11 @@ def test_readme_main_job_as_a_subprocess(tmp_path, ray_session):
     assert "embedded 4 images, 0 errors" in done.stdout
     assert sorted(read_column(tmp_path / "run" / "embed", "image_id")) == sorted(files["ok"])
     assert json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["embed"]["status"] == "complete"
+
+
+def test_run_refuses_bad_class_lists(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    for classes, fragment in (('"dog, , cat"', "empty"), ('"dog, dog"', "twice")):
+        cfg.write_text(f"out: {tmp_path / 'r'}\nclasses: {classes}\nimages: {tmp_path}\n")
+        result = runner.invoke(app, ["run", str(cfg)])
+        assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output

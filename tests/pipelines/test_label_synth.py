@@ -82,3 +82,23 @@ def test_toy_synth_is_seeded_and_resumes(tmp_path, ray_session):
     assert item_seed("circle", 1) != item_seed("circle", 2) != item_seed("star", 1)
     with pytest.raises(ValueError, match="unicorn"):
         run_synth(["unicorn"], "toy", 1, tmp_path / "x", log=lambda _l: None)
+
+
+def test_diffusion_synth_with_the_tiny_stable_diffusion(tmp_path, zoo, ray_session):
+    out = tmp_path / "synth"
+    result = run_synth(["dog", "cat"], "diffusion", 2, out, model="diffusion:tiny", models_dir=zoo, steps=2,
+                       size=32, batch_size=2, log=lambda _l: None)
+    assert result["generated"] == 4 and result["total"] == 4
+    rows = [r for s in list_shards(out) for r in pq.read_table(s).to_pylist()]
+    from PIL import Image
+    import io
+
+    assert sorted(r["image_id"] for r in rows) == ["cat/00000", "cat/00001", "dog/00000", "dog/00001"]
+    assert all(Image.open(io.BytesIO(r["image"])).size == (32, 32) for r in rows)
+    by_id = {r["image_id"]: r["image"] for r in rows}
+    assert by_id["dog/00000"] != by_id["dog/00001"]  # per-item seeds
+    from usam_ray.models.registry import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="diffusion:nothere"):
+        run_synth(["dog"], "diffusion", 1, tmp_path / "y", model="diffusion:nothere", models_dir=zoo,
+                  log=lambda _l: None)

@@ -105,6 +105,16 @@ class ImageShardWriter:
         return {"rows": np.array([len(ids)])}
 
 
+def _check_loadable(resolved) -> None:
+    """Read the pipeline's config on the driver, so a model that cannot be found fails before Ray
+    work starts (offline hub ids, incomplete folders)."""
+    from diffusers import DiffusionPipeline
+
+    from ..models._hf import from_pretrained
+
+    from_pretrained(DiffusionPipeline.load_config, resolved)
+
+
 def run_synth(classes: list[str], source: str, per_class: int, out: Path, *, model: str = "auto",
               models_dir: Optional[Path] = None, template: str = "a photo of a {c}", steps: int = 50,
               guidance: float = 7.5, size: int = 512, seed: int = 0, batch_size: int = 4, shard_size: int = 64,
@@ -131,6 +141,7 @@ def run_synth(classes: list[str], source: str, per_class: int, out: Path, *, mod
             raise ValueError(f"the toy world has no classes {unknown}; it has {list(CLASSES)}")
     elif source == "diffusion":
         resolved = resolve_default("diffusion", model, models_dir_from_env(models_dir))
+        _check_loadable(resolved)
         models = {resolved.spec.name: resolved.fingerprint()}
     else:
         raise ValueError(f"synth source {source!r}: use toy or diffusion (folder needs no generation)")
