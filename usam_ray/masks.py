@@ -93,3 +93,10 @@ def mask_nms(rles: list[dict], scores: np.ndarray, iou_threshold: float) -> np.n
         keep.append(int(order[pos]))
         suppressed |= ious[pos] > iou_threshold
     return np.asarray(keep, dtype=np.int64)
+
+
+def palette(seed: int = 3) -> list[int]:
+    """A 256-entry PIL palette for label maps: 0 black, 255 (ignore) white, ids 1…254 in seeded
+    random colours (768 ints, for ``Image.putpalette``)."""
+    rng = np.random.default_rng(seed)
+    return [0, 0, 0] + [int(v) for v in rng.integers(40, 256, 3 * 254)] + [255, 255, 255]

@@ -17,7 +17,6 @@ Image *keys* are the image's path relative to its image folder without the exten
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -106,12 +105,6 @@ class GroundTruth:
         import ray.data
 
         return ray.data.from_items(self.records())
-
-
-@dataclass
-class _VocPaths:
-    root: Path
-    split: str
 
 
 class VocGroundTruth(GroundTruth):

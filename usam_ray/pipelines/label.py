@@ -25,22 +25,15 @@ from ..data.schema import INSTANCES_SCHEMA, META_MODELS, row_to_maskset, shard_m
 from ..data.shards import (
     atomic_write_bytes, check_fingerprints, list_shards, remove_temp_files, update_manifest, utc_now, write_shard,
 )
+from ..masks import palette
 from ..methods.usam import LabelSettings, select_instances, semantic_map
 from ..models.registry import weights_fingerprint
 
 STAGE = "label"
-PALETTE_SEED = 3
 
 
 class HeadMismatchError(ValueError):
     """A head trained on embeddings of another SAM (or other classes) than the labelling run's."""
-
-
-def palette(num_classes: int) -> list[int]:
-    """A 256-entry PIL palette: 0 black, 255 white, classes in distinct colours."""
-    rng = np.random.default_rng(PALETTE_SEED)
-    pal = [0, 0, 0] + [int(v) for v in rng.integers(40, 256, 3 * 254)] + [255, 255, 255]
-    return pal
 
 
 def png_bytes(label_map: np.ndarray, pal: list[int]) -> bytes:
@@ -90,12 +83,17 @@ class LabelShardStage:
         from ..train.usam import load_head
 
         self.head, ckpt = load_head(Path(head_path))
-        self.classes = list(ckpt["classes"])
+        self._setup(ckpt["classes"], labels_dir, settings, fingerprint, overlays)
+
+    def _setup(self, classes: list[str], labels_dir: str, settings: LabelSettings, fingerprint: str,
+               overlays: bool) -> None:
+        """What every labelling stage keeps: classes, output folder, thresholds, fingerprint, palette."""
+        self.classes = list(classes)
         self.dir = Path(labels_dir)
         self.settings = settings
         self.fingerprint = fingerprint
         self.overlays = overlays
-        self.pal = palette(len(self.classes))
+        self.pal = palette()
 
     provenance = "usam"
 
@@ -164,12 +162,7 @@ class SamClipShardStage(LabelShardStage):
         from ..models.clip import load_clip
 
         self.clip = load_clip(clip_location)
-        self.classes = list(classes)
-        self.dir = Path(labels_dir)
-        self.settings = settings
-        self.fingerprint = fingerprint
-        self.overlays = overlays
-        self.pal = palette(len(self.classes))
+        self._setup(classes, labels_dir, settings, fingerprint, overlays)
 
     def probs(self, row: dict, ms) -> np.ndarray:
         from PIL import Image

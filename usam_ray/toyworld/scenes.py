@@ -207,20 +207,20 @@ def write_scene_dataset(root: Path, n: int, seed: int, size: int = 128) -> Path:
     ``classes.txt`` and ``instances.json`` (COCO, RLE, category id = class id)."""
     from PIL import Image
 
-    from ..masks import mask_to_rle, masks_to_boxes
+    from ..masks import mask_to_rle, masks_to_boxes, palette
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     images, anns = [], []
-    palette = _palette()
+    pal = palette()
     for i in range(n):
         sc = scene(rng, size)
         key = f"scene_{i:05d}"
         Image.fromarray(sc.image).save(root / "images" / f"{key}.png")
         sem = Image.fromarray(sc.semantic, "P")
-        sem.putpalette(palette)
+        sem.putpalette(pal)
         sem.save(root / "masks" / f"{key}.png")
         images.append({"id": i + 1, "file_name": f"{key}.png", "height": size, "width": size})
         boxes = masks_to_boxes(sc.instances)
@@ -248,10 +248,3 @@ def write_single_objects(root: Path, per_class: int, seed: int, size: int = 128)
         for i in range(per_class):
             Image.fromarray(single_object(rng, size, cls=k).image).save(root / name / f"{name}_{i:04d}.png")
     return root
-
-
-def _palette() -> list[int]:
-    pal = [0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48]
-    pal += [0, 0, 0] * (256 - len(pal) // 3)
-    pal[255 * 3: 255 * 3 + 3] = [255, 255, 255]
-    return pal

@@ -113,7 +113,7 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ..heads.mil import MaskClassifier, mil_loss, student_loss
+    from ..heads.mil import MaskClassifier, bag_scores, mil_loss, student_loss
 
     torch.manual_seed(config["seed"])
     p, t, c = config["prompts"], config["token_dim"], len(config["classes"])
@@ -156,8 +156,6 @@ def _train_loop(config: dict) -> None:
                     with torch.no_grad():
                         vl = model(x[val])
                         val_loss += float(mil_loss(vl, valid[val], y[val], config["a"])) * int(val.sum())
-                        from ..heads.mil import bag_scores
-
                         pred = bag_scores(vl, valid[val], config["a"]).argmax(1)
                         val_correct += int(y[val].gather(1, pred[:, None]).squeeze(1).sum())
                         val_n += int(val.sum())
