@@ -165,7 +165,7 @@ def run(
 ) -> None:
     """synth → embed → train → label → eval, each stage resumed or skipped when already done."""
     from .pipelines.label import HeadMismatchError
-    from .pipelines.run import comparison_table, run_pipeline
+    from .pipelines.run import run_pipeline
 
     try:
         cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}))

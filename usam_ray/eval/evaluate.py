@@ -8,7 +8,6 @@ predicted instances into one COCOeval, and writes the reports.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

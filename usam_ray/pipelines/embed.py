@@ -12,7 +12,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ..config import EmbedConfig, embed_fingerprint
 from ..data.shards import (

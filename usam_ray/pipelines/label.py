@@ -236,7 +236,7 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
     check_head(ckpt, embed_models, embed_dir, head_path, classes)
     settings = LabelSettings(**cfg.label.model_dump())
     fingerprint = stable_hash({"stage": STAGE, "head": weights_fingerprint(head_path), "settings": cfg.label.model_dump(),
-                               "embed": pq.read_schema(shards[0]).metadata.get(b"usam_ray.fingerprint", b"").decode()})
+                               "embed": meta.get(b"usam_ray.fingerprint", b"").decode()})
     log(f"label: head {head_path} ({len(ckpt['classes'])} classes {ckpt['classes']})")
     update_manifest(out.parent, STAGE, status="running", started=utc_now(), fingerprint=fingerprint,
                     head=str(head_path), config=cfg.model_dump(mode="json"))

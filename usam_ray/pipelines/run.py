@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import EmbedConfig, EvalConfig, LabelConfig, RunConfig, TrainUsamConfig
+from ..config import EmbedConfig, EvalConfig, LabelConfig, RunConfig
 from ..data.shards import atomic_write_bytes
 from ..types import Ontology
 
@@ -27,7 +27,8 @@ def _train_up_to_date(head_dir: Path, embed_fp: str, settings: dict) -> bool:
     if not meta.is_file() or not all((head_dir / f"{n}.pt").is_file() for n in ("teacher", "student", "best")):
         return False
     summary = json.loads(meta.read_text())
-    return summary["embeddings"]["fingerprint"] == embed_fp and summary.get("train_settings") == settings
+    trained = {k: v for k, v in summary["settings"].items() if k not in ("runtime", "workers")}
+    return summary["embeddings"]["fingerprint"] == embed_fp and trained == settings
 
 
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
@@ -64,9 +65,6 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         log(f"train: {run / 'head'} is up to date for embeddings {embed_fp}")
     else:
         train_usam(tcfg, log=log)
-        meta = json.loads((run / "head" / "head.json").read_text())
-        meta["train_settings"] = settings
-        atomic_write_bytes(run / "head" / "head.json", json.dumps(meta, indent=2, default=str).encode())
     lcfg = LabelConfig(images=cfg.images, head=run / "head", checkpoint=cfg.checkpoint, out=run / "labels",
                        overlays=cfg.overlays, label=cfg.label, sam=cfg.sam, data=cfg.data, runtime=cfg.runtime)
     labels = run_label(lcfg, log=log, classes=classes)

@@ -20,7 +20,6 @@ grid is the same 16×16), so its patch features carry the objects SAM sees.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .scenes import CLASSES, COLOURS, Scene, scene, single_object
+from .scenes import CLASSES, Scene, scene, single_object
 
 TOY_SAM_ARCH = {
     "img_size": 128, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4, "window_size": 8,
