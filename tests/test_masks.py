@@ -49,3 +49,27 @@ def test_nms_drops_overlaps_keeps_disjoint():
     keep = mask_nms(masks_to_rles(m), np.array([0.9, 0.95, 0.1]), iou_threshold=0.5)
     assert keep.tolist() == [1, 2]
     assert mask_nms(masks_to_rles(m), np.array([0.9, 0.95, 0.1]), iou_threshold=0.85).tolist() == [1, 0, 2]
+
+
+def test_nms_dense_and_rle_paths_agree_with_plain_greedy(monkeypatch):
+    """Dense (matrix products) and RLE (pycocotools) comparisons keep the same masks as a plain
+    greedy NMS over the full IoU matrix, on noisy masks with many overlaps."""
+    import usam_ray.masks as masks_mod
+
+    rng = np.random.default_rng(3)
+    base = rng.random((1, 40, 30)) < 0.5
+    m = np.concatenate([base ^ (rng.random((25, 40, 30)) < rng.uniform(0.02, 0.6, (25, 1, 1))),
+                        rng.random((15, 40, 30)) < 0.3])
+    rles, scores = masks_to_rles(m), rng.random(40)
+    order = np.argsort(-scores, kind="stable")
+    full = rle_iou(rles, rles)
+    expected, dead = [], set()
+    for i in order:
+        if i in dead:
+            continue
+        expected.append(int(i))
+        dead |= {int(j) for j in np.flatnonzero(full[i] > 0.5)}
+    dense = mask_nms(rles, scores, 0.5).tolist()
+    monkeypatch.setattr(masks_mod, "DENSE_NMS_BYTES", 0)
+    assert dense == mask_nms(rles, scores, 0.5).tolist() == expected
+    assert 1 < len(expected) < 40

@@ -42,6 +42,18 @@ class SamConfig(_Section):
     stability_offset: float = Field(
         1.0, gt=0, description="Offset of the stability score (IoU of masks thresholded at ±offset)."
     )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description=(
+            "Compute precision of the image encoder and mask decoder: auto (bf16 on CUDA, fp32 on CPU), "
+            "fp32, bf16 or fp16. Part of the fingerprint: fp32 and bf16 masks differ by a few pixels."
+        ),
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the image encoder: a minute or more of compiling per actor, then ~1.8x "
+        "faster on GPUs (worth it for long runs). Not part of the fingerprint.",
+    )
 
 
 class DataConfig(_Section):
@@ -66,7 +78,8 @@ class RuntimeConfig(_Section):
 
     address: Optional[str] = Field(
         None,
-        description="Ray address. None: RAY_ADDRESS, else a running local cluster, else a new local instance.",
+        description="Ray cluster to join (e.g. ray://HEAD:10001, HEAD:6379, or auto for the one `ray start` made here). "
+        "None: $RAY_ADDRESS if set, else a private local instance for this command.",
     )
     models_dir: Optional[Path] = Field(
         None, description="Folder of local checkpoints overriding the registry sources (also USAM_RAY_MODELS)."
@@ -79,9 +92,17 @@ class RuntimeConfig(_Section):
     cpus_per_actor: float = Field(
         0.5, gt=0, description="CPUs each model actor reserves on CPU-only clusters (fractional keeps reads alive)."
     )
+    actors_per_gpu: int = Field(
+        1, ge=1,
+        description="Model actors sharing each GPU (each reserves 1/k of it): 2 lets one actor's host work (RLE, "
+        "Arrow) overlap another's GPU work, at twice the GPU memory.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for model actors.")
-    mask_chunk: int = Field(
-        16, ge=1, description="Masks upsampled to full image size at a time (bounds memory on huge images)."
+    mask_chunk: int = Field(256, ge=1, description="At most this many masks upsampled to full image size at a time.")
+    mask_pixel_budget: int = Field(
+        1 << 26, ge=1,
+        description="At most this many full-size mask pixels upsampled at a time (bounds memory on huge images: "
+        "2**26 float32 logits are 256 MB).",
     )
     progress: bool = Field(True, description="Print progress lines while a stage runs.")
 
@@ -170,10 +191,11 @@ def stable_hash(payload: Any, length: int = 16) -> str:
 def embed_fingerprint(cfg: EmbedConfig, sam_name: str, sam_fingerprint: str) -> str:
     """Fingerprint of the embed stage's output: SAM settings, read settings and the SAM weights.
 
-    The source path, output path, runtime section and the unresolved ``sam.model``/``checkpoint``
-    are excluded: the same weights found another way give the same embeddings.
+    The source path, output path, runtime section, ``sam.compile`` and the unresolved
+    ``sam.model``/``checkpoint`` are excluded: the same weights found another way, or compiled,
+    give the same embeddings.
     """
-    sam = cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint"})
+    sam = cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint", "compile"})
     data = cfg.data.model_dump(mode="json", exclude={"extensions"})
     return stable_hash({"stage": "embed", "sam": sam, "data": data, "model": [sam_name, sam_fingerprint]})
 

@@ -73,25 +73,49 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+DENSE_NMS_BYTES = 1 << 28
+
+
 def mask_nms(rles: list[dict], scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy mask NMS: indices kept (in descending score order).
 
+    Each kept mask is compared with the masks still standing only (one IoU row per kept mask).
+    Masks are decoded once and compared densely (exact counts by matrix products, whatever the
+    masks' run count: noisy masks make RLE IoU slow) when they fit in ``DENSE_NMS_BYTES``; larger
+    sets are compared on their RLEs by pycocotools.
+
     Args:
-        rles (list[dict]): N COCO RLE masks.
+        rles (list[dict]): N COCO RLE masks of one size.
         scores (np.ndarray): (N,) scores.
         iou_threshold (float): a mask overlapping a kept one by more than this is dropped.
     """
     order = np.argsort(-np.asarray(scores), kind="stable")
-    if len(order) == 0:
+    n = len(order)
+    if n == 0:
         return order
-    ious = rle_iou([rles[i] for i in order], [rles[i] for i in order])
+    ordered = [rles[i] for i in order]
+    h, w = (int(v) for v in ordered[0]["size"])
+    if n * h * w <= DENSE_NMS_BYTES:
+        dense = rles_to_masks(ordered).reshape(n, h * w).astype(np.float32)
+        areas = dense.sum(1)
+
+        def ious(pos: int, rest: np.ndarray) -> np.ndarray:
+            inter = dense[rest] @ dense[pos]
+            union = areas[rest] + areas[pos] - inter
+            return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    else:
+        def ious(pos: int, rest: np.ndarray) -> np.ndarray:
+            return rle_iou([ordered[pos]], [ordered[i] for i in rest])[0]
+
     keep: list[int] = []
-    suppressed = np.zeros(len(order), dtype=bool)
-    for pos in range(len(order)):
-        if suppressed[pos]:
+    alive = np.ones(n, dtype=bool)
+    for pos in range(n):
+        if not alive[pos]:
             continue
         keep.append(int(order[pos]))
-        suppressed |= ious[pos] > iou_threshold
+        rest = np.flatnonzero(alive[pos + 1:]) + pos + 1
+        if len(rest):
+            alive[rest[ious(pos, rest) > iou_threshold]] = False
     return np.asarray(keep, dtype=np.int64)
 
 

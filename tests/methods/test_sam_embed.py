@@ -40,13 +40,28 @@ def test_prepare_matches_predictor_resize(sam, h, w):
     assert padded[ih:].sum() == 0 and padded[:, iw:].sum() == 0
 
 
-def test_embedder_equals_sam_predictor(sam):
-    """Masks and IoU predictions equal SamPredictor.predict_torch for the same points."""
-    embedder = SamMaskEmbedder(sam, EmbedSettings(points_per_side=6))
+# Tolerances of fp32 against segment_anything's own SamPredictor. They hold on torch 2.14.1 and
+# 2.15.0: the two compute the same function in a different order (SDPA attention, batched
+# decoding), so logits differ by float rounding (~1e-6) and a pixel whose logit sits within that
+# of the threshold may flip. Measured here: at most 1 differing pixel of 421,200.
+MASK_PIXELS_DIFFERING = 1e-4  # share of mask pixels allowed to differ
+IOU_ATOL = 1e-4
+TOKEN_ATOL = 1e-4
+
+
+def _reference(zoo):
+    """A second copy of the same SAM, never touched by an embedder (SamPredictor runs it as shipped)."""
+    return load_sam(resolve("sam:tiny", zoo))
+
+
+def test_embedder_equals_sam_predictor(sam, zoo):
+    """fp32 masks, IoU predictions and points agree with SamPredictor.predict_torch for the same points."""
+    embedder = SamMaskEmbedder(sam, EmbedSettings(points_per_side=6, precision="fp32"))
+    reference = _reference(zoo)
     images = _images()
     sets = embedder.embed(images)
     for img, ms in zip(images, sets):
-        predictor = SamPredictor(sam)
+        predictor = SamPredictor(reference)
         predictor.set_image(img)
         h, w = img.shape[:2]
         pts = predictor.transform.apply_coords(build_point_grid(6) * np.array([w, h]), (h, w))
@@ -57,10 +72,26 @@ def test_embedder_equals_sam_predictor(sam):
         best = iou.argmax(dim=1)
         ref_masks = masks[torch.arange(len(best)), best].numpy()
         ref_iou = iou.max(dim=1).values.numpy()
-        np.testing.assert_allclose(ms.data["iou_pred"], ref_iou, atol=1e-5)
-        np.testing.assert_array_equal(rles_to_masks(ms.masks), ref_masks)
+        np.testing.assert_allclose(ms.data["iou_pred"], ref_iou, atol=IOU_ATOL)
+        ours = rles_to_masks(ms.masks)
+        assert ours.shape == ref_masks.shape
+        assert (ours != ref_masks).mean() <= MASK_PIXELS_DIFFERING
         assert ms.data["tokens"].shape == (36, 4 * 64)
         np.testing.assert_allclose(ms.data["points"], build_point_grid(6) * np.array([w, h]), atol=1e-4)
+
+
+def test_sdpa_attention_equals_segment_anything_attention(zoo):
+    """The swapped encoder computes the same features as segment_anything's own (fp32)."""
+    from usam_ray.models.sam_fast import SdpaAttention, use_sdpa_attention
+
+    ours, reference = _reference(zoo), _reference(zoo)
+    assert use_sdpa_attention(ours) == len(ours.image_encoder.blocks)
+    assert all(isinstance(b.attn, SdpaAttention) for b in ours.image_encoder.blocks)
+    assert use_sdpa_attention(ours) == 0  # idempotent
+    assert ours.state_dict().keys() == reference.state_dict().keys()  # parameters shared, not copied
+    x = torch.randn(2, 3, 256, 256)
+    with torch.inference_mode():
+        np.testing.assert_allclose(ours.image_encoder(x).numpy(), reference.image_encoder(x).numpy(), atol=1e-4)
 
 
 def test_tokens_are_the_decoders_output_mask_tokens(sam):
@@ -103,6 +134,8 @@ def test_mask_chunk_does_not_change_outputs(sam):
     img = _images(3)[:1]
     a = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, mask_chunk=1)).embed(img)[0]
     b = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, mask_chunk=64)).embed(img)[0]
+    c = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, pixel_budget=1)).embed(img)[0]  # one mask a chunk
+    assert [r["counts"] for r in a.masks] == [r["counts"] for r in c.masks]
     assert [r["counts"] for r in a.masks] == [r["counts"] for r in b.masks]
     np.testing.assert_array_equal(a.data["stability"], b.data["stability"])
     np.testing.assert_array_equal(a.boxes, b.boxes)

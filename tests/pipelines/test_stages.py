@@ -1,7 +1,5 @@
 """Stages called directly on dict batches, without a cluster."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,12 @@ from usam_ray.models import resolve
 from usam_ray.models.sam import spec_with_arch
 from usam_ray.models.registry import ResolvedModel
 from usam_ray.pipelines.stages import MissingColumnError, ReadDecodeStage, SamEmbedStage, ShardWriteStage
+
+
+def _objects(values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
 
 
 def _batch(units):
@@ -55,7 +59,7 @@ def test_model_failure_becomes_error_rows_not_a_crash(tmp_path, sam_model):
     stage = SamEmbedStage(sam_model, EmbedSettings(points_per_side=2))
     batch = {
         "image_id": np.array(["a", "b"], object), "path": np.array(["/a", "/b"], object),
-        "labels": np.array(["[]", "[]"], object), "height": np.array([10, 10]), "width": np.array([10, 10]),
+        "labels": _objects([[], ["dog"]]), "height": np.array([10, 10]), "width": np.array([10, 10]),
         # the second image claims a resized size bigger than the model input: SAM cannot crop it
         "input_h": np.array([256, 0]), "input_w": np.array([256, 0]),
         "image": np.zeros((2, 256, 256, 3), np.uint8), "error_type": np.array(["", ""], object),

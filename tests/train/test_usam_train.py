@@ -1,6 +1,5 @@
 """U-SAM heads trained through Ray Train on embedding shards of synthetic bags."""
 
-import json
 
 import numpy as np
 import pytest
@@ -28,6 +27,12 @@ def _bags(rng, n, centres):
     return tokens, y, truth
 
 
+def _lists(values):
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
 def _write_embeddings(run, rng, centres, n=240, shard=60, labels=True):
     tokens, y, truth = _bags(rng, n, centres)
     rle = mask_to_rle(np.ones((4, 4), bool))["counts"]
@@ -38,7 +43,7 @@ def _write_embeddings(run, rng, centres, n=240, shard=60, labels=True):
         counts[:] = [[rle] * P for _ in range(m)]
         batch = {"image_id": np.array([f"img{i}" for i in range(s, s + m)], object),
                  "path": np.array(["p"] * m, object),
-                 "labels": np.array([json.dumps([CLASSES[k]] if labels else []) for k in y[sl]], object),
+                 "labels": _lists([[CLASSES[k]] if labels else [] for k in y[sl]]),
                  "height": np.full(m, 4), "width": np.full(m, 4), "points": np.zeros((m, P, 2)),
                  "tokens": tokens[sl], "iou": np.zeros((m, P)), "stability": np.zeros((m, P)),
                  "boxes": np.zeros((m, P, 4)), "mask_counts": counts}

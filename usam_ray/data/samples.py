@@ -37,8 +37,10 @@ def sample_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.asarray(img)
 
 
-def write_sample_images(out: Path, n: int = 24, seed: int = 0, min_side: int = 96, max_side: int = 320) -> list[Path]:
-    """Write ``n`` sample images (PNG and JPEG, sizes in [min_side, max_side]) under ``out``."""
+def write_sample_images(out: Path, n: int = 24, seed: int = 0, min_side: int = 96, max_side: int = 320,
+                        shape: tuple[int, int] | None = None) -> list[Path]:
+    """Write ``n`` sample images (PNG and JPEG, sides in [min_side, max_side], or all of
+    ``shape`` (h, w) when given) under ``out``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -47,6 +49,8 @@ def write_sample_images(out: Path, n: int = 24, seed: int = 0, min_side: int = 9
     paths = []
     for i in range(n):
         h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+        if shape is not None:
+            h, w = shape
         path = out / f"sample_{i:04d}.{'jpg' if i % 2 else 'png'}"
         Image.fromarray(sample_image(rng, h, w)).save(path)
         paths.append(path)

@@ -108,7 +108,7 @@ def embeddings_table(batch: dict[str, np.ndarray], token_dim: int) -> pa.Table:
     """Build an embeddings table from a model-stage batch (ok rows only).
 
     Args:
-        batch: ``image_id``/``path`` (B,) str, ``labels`` (B,) JSON list strings, ``height``/``width``
+        batch: ``image_id``/``path`` (B,) str, ``labels`` (B,) sequences of str, ``height``/``width``
             (B,) int, ``points`` (B, P, 2), ``tokens`` (B, P, T), ``iou``/``stability`` (B, P),
             ``boxes`` (B, P, 4), ``mask_counts`` (B,) object arrays of P bytes each.
         token_dim (int): T.
@@ -116,7 +116,7 @@ def embeddings_table(batch: dict[str, np.ndarray], token_dim: int) -> pa.Table:
     columns = {
         "image_id": pa.array([str(x) for x in batch["image_id"]], pa.string()),
         "path": pa.array([str(x) for x in batch["path"]], pa.string()),
-        "labels": pa.array([json.loads(x) for x in batch["labels"]], pa.list_(pa.string())),
+        "labels": pa.array([_label_list(x) for x in batch["labels"]], pa.list_(pa.string())),
         "height": pa.array(np.asarray(batch["height"], np.int32)),
         "width": pa.array(np.asarray(batch["width"], np.int32)),
         "points": _nested(np.asarray(batch["points"], np.float32), pa.float32()),
@@ -129,6 +129,15 @@ def embeddings_table(batch: dict[str, np.ndarray], token_dim: int) -> pa.Table:
     return pa.table(columns, schema=embeddings_schema(token_dim))
 
 
+def _label_list(value: Any) -> list[str]:
+    """One row's labels as a list of str (a sequence of names, or None for none)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"labels must be a list of class names per image, got the string {value!r}")
+    return [str(v) for v in value]
+
+
 def errors_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     """Build an errors table from dicts with the ERRORS_SCHEMA keys."""
     rows = list(rows)
@@ -136,24 +145,65 @@ def errors_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
                     schema=ERRORS_SCHEMA)
 
 
-def row_to_maskset(row: dict[str, Any]) -> MaskSet:
-    """One embeddings row (as ``Table.to_pylist()`` gives it) → MaskSet with RLE masks.
+def list_values(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A ``list<T>`` or ``list<fixed_size_list<T, K>>`` column straight into numpy, through Arrow
+    (no Python objects per element).
 
-    ``data`` holds ``tokens`` (P, T) float32, ``iou_pred``, ``stability`` (P,) and ``points`` (P, 2).
+    Returns:
+        values: (N,) or (N, K) numpy array of the items of all rows (T's numpy dtype);
+        offsets: (rows + 1,) int64: row i's items are ``values[offsets[i]:offsets[i + 1]]``.
     """
-    size = [int(row["height"]), int(row["width"])]
-    rles = [{"size": size, "counts": c} for c in row["mask_counts"]]
-    iou = np.asarray(row["iou"], np.float32)
-    token_rows = row["tokens"]
-    tokens = np.asarray(token_rows, np.float32) if token_rows else np.zeros((0, 0), np.float32)
-    return MaskSet(
-        masks=rles,
-        boxes=np.asarray(row["boxes"], np.float32).reshape(-1, 4),
-        scores=iou,
-        data={
-            "tokens": tokens,
-            "iou_pred": iou,
-            "stability": np.asarray(row["stability"], np.float32),
-            "points": np.asarray(row["points"], np.float32).reshape(-1, 2),
-        },
-    )
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = np.asarray(arr.offsets.to_numpy(), np.int64)
+    items = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    offsets = offsets - offsets[0]
+    if pa.types.is_fixed_size_list(items.type):
+        k = items.type.list_size
+        flat = items.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(-1, k), offsets
+    return items.to_numpy(zero_copy_only=False), offsets
+
+
+def per_row(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``list_values`` output → (rows, P, …) when every row has the same number P of items.
+
+    Raises:
+        ValueError: rows hold different numbers of items.
+    """
+    counts = np.diff(offsets)
+    if len(counts) and (counts != counts[0]).any():
+        raise ValueError(f"rows hold different numbers of items ({counts.min()}…{counts.max()})")
+    p = int(counts[0]) if len(counts) else 0
+    return values.reshape(len(counts), p, *values.shape[1:])
+
+
+def embeddings_masksets(table: pa.Table, tokens: bool = True) -> list[MaskSet]:
+    """Embedding rows (a table of ``embeddings_schema``) → one MaskSet per row, with RLE masks.
+
+    Read column by column through Arrow: tokens go from the fixed-size-list column into one
+    (B, P, T) array (never ``to_pylist``), then per row. ``data`` holds ``tokens`` (P, T) float32
+    (when ``tokens``), ``iou_pred``, ``stability`` (P,) and ``points`` (P, 2).
+    """
+    n = table.num_rows
+    heights = table.column("height").to_numpy()
+    widths = table.column("width").to_numpy()
+    iou = per_row(*list_values(table.column("iou"))).astype(np.float32)
+    stability = per_row(*list_values(table.column("stability"))).astype(np.float32)
+    points = per_row(*list_values(table.column("points"))).astype(np.float32)
+    boxes = per_row(*list_values(table.column("boxes"))).astype(np.float32)
+    toks = per_row(*list_values(table.column("tokens"))) if tokens else None
+    counts = table.column("mask_counts").to_pylist()
+    sets = []
+    for i in range(n):
+        size = [int(heights[i]), int(widths[i])]
+        data = {"iou_pred": iou[i], "stability": stability[i], "points": points[i]}
+        if toks is not None:
+            data["tokens"] = toks[i].astype(np.float32)
+        sets.append(MaskSet(masks=[{"size": size, "counts": c} for c in counts[i]], boxes=boxes[i].reshape(-1, 4),
+                            scores=iou[i], data=data))
+    return sets
+
+
+def embeddings_tokens(table: pa.Table) -> np.ndarray:
+    """The ``tokens`` column of embedding rows as one (B, P, T) float16 array (through Arrow)."""
+    return per_row(*list_values(table.column("tokens")))

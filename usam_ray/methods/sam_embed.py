@@ -22,8 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..masks import masks_to_rles
 from ..types import MaskSet
+from .sam_post import chunk_size, mask_boxes, rle_encode, stability_scores, upsample_logits
 
 
 def grid_points(points_per_side: int, height: int, width: int) -> np.ndarray:
@@ -57,10 +57,12 @@ def prepare_image(image: np.ndarray, long_side: int) -> tuple[np.ndarray, tuple[
         padded (np.ndarray): (S, S, 3) uint8, the resized image at the top-left, zeros elsewhere.
         input_size (tuple[int, int]): (h, w) of the resized image inside ``padded``.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
+    from PIL import Image
 
-    resized = ResizeLongestSide(long_side).apply_image(image)
-    h, w = resized.shape[:2]
+    # segment_anything's ResizeLongestSide.apply_image, without importing torch: torchvision
+    # resizes a PIL image with PIL's bilinear filter, to the same rounded size.
+    h, w = resized_shape(image.shape[0], image.shape[1], long_side)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     padded = np.zeros((long_side, long_side, 3), dtype=np.uint8)
     padded[:h, :w] = resized
     return padded, (h, w)
@@ -74,34 +76,62 @@ class EmbedSettings:
         points_per_side (int): grid side; points_per_side² prompts per image.
         mask_threshold (float): logit threshold for binary masks.
         stability_offset (float): offset of the stability score.
-        mask_chunk (int): masks upsampled to full size at a time (memory bound on huge images).
+        mask_chunk (int): at most this many masks upsampled to full size at a time.
+        pixel_budget (int): and at most this many full-size logit pixels at a time (memory stays
+            bounded on huge images: 2**26 pixels are 256 MB of float32 logits).
+        precision (str): ``auto`` (bf16 on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``:
+            the image encoder's weights and the mask decoder's autocast dtype. The prompt encoder
+            (random Fourier features) and the mask post-processing always run in float32.
+        sdpa (bool): image-encoder attention through ``F.scaled_dot_product_attention``.
+        compile (bool): ``torch.compile`` the image encoder (long runs; the first batch pays it).
+        batch_size (int): with ``compile``, encoder batches are padded to this size so that one
+            compiled graph serves every batch (0: no padding).
     """
 
     points_per_side: int = 10
     mask_threshold: float = 0.0
     stability_offset: float = 1.0
-    mask_chunk: int = 16
+    mask_chunk: int = 256
+    pixel_budget: int = 1 << 26
+    precision: str = "fp32"
+    sdpa: bool = True
+    compile: bool = False
+    batch_size: int = 0
 
 
 class SamMaskEmbedder:
     """Per-prompt mask embeddings of images with a loaded SAM.
 
+    The model is set up for inference here (moved to ``device``, encoder cast to the precision,
+    attention swapped for SDPA, optionally compiled): pass a model this embedder may own.
+
     Args:
-        sam (segment_anything.modeling.Sam): the model (moved to ``device`` here).
-        settings (EmbedSettings): grid and thresholds.
+        sam (segment_anything.modeling.Sam): the model (modified in place).
+        settings (EmbedSettings): grid, thresholds and speed settings.
         device (str): torch device, e.g. "cpu" or "cuda".
     """
 
     def __init__(self, sam, settings: EmbedSettings = EmbedSettings(), device: str = "cpu") -> None:
         import torch
 
+        from ..models.sam_fast import resolve_precision, use_sdpa_attention
+
         self.torch = torch
-        self.sam = sam.to(device).eval()
         self.settings = settings
         self.device = torch.device(device)
+        self.dtype = resolve_precision(settings.precision, device)
+        self.sam = sam.to(self.device).eval()
+        if settings.sdpa:
+            use_sdpa_attention(self.sam)
+        self.sam.image_encoder.to(self.dtype)
+        self.encoder = self.sam.image_encoder
+        if settings.compile:
+            self.encoder = torch.compile(self.sam.image_encoder, dynamic=False)
         self.image_size = int(sam.image_encoder.img_size)
         self.num_mask_tokens = int(sam.mask_decoder.num_mask_tokens)
         self.token_dim = self.num_mask_tokens * int(sam.mask_decoder.transformer_dim)
+        with torch.inference_mode():
+            self.image_pe = self.sam.prompt_encoder.get_dense_pe()
 
     def embed(self, images: Sequence[np.ndarray]) -> list[MaskSet]:
         """Embed full RGB images: (H, W, 3) uint8 each, any sizes. One MaskSet per image."""
@@ -112,6 +142,31 @@ class SamMaskEmbedder:
             [img.shape[:2] for img in images],
         )
 
+    def warm_up(self, batch: int) -> float:
+        """Run the encoder once on a zero batch (compiles it when ``compile`` is set); seconds taken."""
+        import time
+
+        start = time.perf_counter()
+        zeros = np.zeros((max(1, batch), self.image_size, self.image_size, 3), np.uint8)
+        with self.torch.inference_mode():
+            self.encode(zeros, [(self.image_size, self.image_size)] * len(zeros))
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def encode(self, padded: np.ndarray, input_sizes: Sequence[tuple[int, int]]):
+        """Image embeddings of a batch: (B, S, S, 3) uint8 → (B, C, h, w) in the encoder's dtype."""
+        torch = self.torch
+        x = torch.as_tensor(padded, device=self.device).permute(0, 3, 1, 2).float().contiguous()
+        x = (x - self.sam.pixel_mean) / self.sam.pixel_std
+        for i, (h, w) in enumerate(input_sizes):  # SAM pads with zeros after normalising
+            x[i, :, h:, :] = 0
+            x[i, :, :, w:] = 0
+        n = x.shape[0]
+        if self.settings.compile and self.settings.batch_size > n:  # one compiled shape for all batches
+            x = torch.cat([x, x.new_zeros((self.settings.batch_size - n, *x.shape[1:]))])
+        return self.encoder(x.to(self.dtype))[:n]
+
     def embed_prepared(
         self,
         padded: np.ndarray,
@@ -119,6 +174,10 @@ class SamMaskEmbedder:
         original_sizes: Sequence[tuple[int, int]],
     ) -> list[MaskSet]:
         """Embed images already resized and padded by ``prepare_image``.
+
+        The encoder runs once for the batch; each image's grid goes through the decoder in one
+        call; the best masks of all images of the same size are post-processed together on the
+        device (in chunks bounded by ``mask_chunk`` and ``pixel_budget``).
 
         Args:
             padded (np.ndarray): (B, S, S, 3) uint8.
@@ -133,17 +192,64 @@ class SamMaskEmbedder:
         torch = self.torch
         if padded.ndim != 4 or padded.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"embed_prepared expects (B, {self.image_size}, {self.image_size}, 3), got {padded.shape}")
+        input_sizes = [tuple(int(v) for v in s) for s in input_sizes]
+        original_sizes = [tuple(int(v) for v in s) for s in original_sizes]
         with torch.inference_mode():
-            x = torch.as_tensor(padded, device=self.device).permute(0, 3, 1, 2).float()
-            x = (x - self.sam.pixel_mean) / self.sam.pixel_std
-            for i, (h, w) in enumerate(input_sizes):  # SAM pads with zeros after normalising
-                x[i, :, h:, :] = 0
-                x[i, :, :, w:] = 0
-            features = self.sam.image_encoder(x)
-            return [
-                self._decode_image(features[i : i + 1], tuple(input_sizes[i]), tuple(original_sizes[i]))
-                for i in range(len(input_sizes))
-            ]
+            features = self.encode(padded, input_sizes)
+            decoded = [self._decode_grid(features[i : i + 1], input_sizes[i], original_sizes[i])
+                       for i in range(len(input_sizes))]
+            groups: dict[tuple, list[int]] = {}
+            for i, key in enumerate(zip(input_sizes, original_sizes)):
+                groups.setdefault(key, []).append(i)
+            post: dict[int, tuple] = {}
+            for (input_size, original_size), members in groups.items():
+                logits = torch.cat([decoded[i][0] for i in members])
+                for i, part in zip(members, self._postprocess(logits, input_size, original_size, len(members))):
+                    post[i] = part
+            ious = torch.stack([d[1] for d in decoded]).float().cpu().numpy()  # one transfer for the batch
+            tokens = torch.stack([d[2] for d in decoded]).float().cpu().numpy()
+        sets = []
+        for i, (iou, tok, (_, _, _, points)) in enumerate(zip(ious, tokens, decoded)):
+            rles, stability, boxes = post[i]
+            sets.append(MaskSet(
+                masks=rles,
+                boxes=boxes,
+                scores=iou,
+                data={"tokens": tok, "iou_pred": iou, "stability": stability, "points": points},
+            ))
+        return sets
+
+    def _decode_grid(self, features, input_size: tuple[int, int], original_size: tuple[int, int]):
+        """One image's grid → best low-res logits (P, 1, h, w), best iou (P,) and tokens (P, token_dim),
+        all on the device, and the prompt points (P, 2) float32 in original pixels."""
+        torch = self.torch
+        height, width = original_size
+        points = grid_points(self.settings.points_per_side, height, width)
+        scale = np.array([input_size[1] / width, input_size[0] / height])  # ResizeLongestSide.apply_coords
+        points_input = torch.as_tensor(points * scale, dtype=torch.float32, device=self.device)
+        low_res, iou_pred, tokens = self.decode_points(features, points_input)
+        best = iou_pred.argmax(dim=1)
+        rows = torch.arange(len(best), device=self.device)
+        return low_res[rows, best][:, None], iou_pred[rows, best], tokens, points.astype(np.float32)
+
+    def _postprocess(self, best_low, input_size, original_size, images: int) -> list[tuple]:
+        """Best logits of ``images`` same-size images ((images·P, 1, h, w)) → per image
+        (RLE list, stability (P,) float32, boxes (P, 4) float32), computed on the device."""
+        torch = self.torch
+        s = self.settings
+        chunk = chunk_size(len(best_low), self.image_size, original_size, s.pixel_budget, s.mask_chunk)
+        rles: list[dict] = []
+        stability, boxes = [], []
+        for start in range(0, len(best_low), chunk):
+            logits = upsample_logits(best_low[start : start + chunk], self.image_size, input_size, original_size)
+            binary = logits > s.mask_threshold
+            stability.append(stability_scores(logits, s.mask_threshold, s.stability_offset))
+            boxes.append(mask_boxes(binary))
+            rles.extend(rle_encode(binary))
+        stab = torch.cat(stability).cpu().numpy()
+        box = torch.cat(boxes).cpu().numpy()
+        p = len(best_low) // images
+        return [(rles[k * p : (k + 1) * p], stab[k * p : (k + 1) * p], box[k * p : (k + 1) * p]) for k in range(images)]
 
     @contextmanager
     def _capture_mask_tokens(self) -> Iterator[dict]:
@@ -163,75 +269,28 @@ class SamMaskEmbedder:
     def decode_points(self, features, points_input: "torch.Tensor"):  # noqa: F821
         """One batched prompt-encoder + mask-decoder call for P single-point prompts on one image.
 
+        The prompt encoder runs in float32; the mask decoder under autocast at the embedder's
+        precision (plain float32 when that is fp32).
+
         Args:
             features (torch.Tensor): (1, C, h, w) image embedding.
             points_input (torch.Tensor): (P, 2) point prompts in the model's input frame.
 
         Returns:
-            low_res (P, 3, 4h, 4w) multimask logits, iou_pred (P, 3), tokens (P, token_dim).
+            low_res (P, 3, 4h, 4w) float32 multimask logits, iou_pred (P, 3), tokens (P, token_dim).
         """
         torch = self.torch
         coords = points_input[:, None, :].float()
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
         sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        with self._capture_mask_tokens() as captured:
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with autocast, self._capture_mask_tokens() as captured:
             low_res, iou_pred = self.sam.mask_decoder(
                 image_embeddings=features,
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                image_pe=self.image_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=True,
             )
         tokens = captured["tokens"].reshape(coords.shape[0], -1)
-        return low_res, iou_pred, tokens
-
-    def _decode_image(self, features, input_size: tuple[int, int], original_size: tuple[int, int]) -> MaskSet:
-        torch = self.torch
-        s = self.settings
-        height, width = original_size
-        points = grid_points(s.points_per_side, height, width)
-        scale = np.array([input_size[1] / width, input_size[0] / height])  # ResizeLongestSide.apply_coords
-        points_input = torch.as_tensor(points * scale, dtype=torch.float32, device=self.device)
-        low_res, iou_pred, tokens = self.decode_points(features, points_input)
-        best = iou_pred.argmax(dim=1)
-        rows = torch.arange(len(best), device=self.device)
-        best_low = low_res[rows, best][:, None]  # (P, 1, h, w)
-        best_iou = iou_pred[rows, best]
-        rles: list[dict] = []
-        stability: list[np.ndarray] = []
-        boxes: list[np.ndarray] = []
-        for start in range(0, len(best), s.mask_chunk):
-            logits = self.sam.postprocess_masks(best_low[start : start + s.mask_chunk], input_size, original_size)[:, 0]
-            binary = logits > s.mask_threshold
-            stability.append(_stability(logits, s.mask_threshold, s.stability_offset).cpu().numpy())
-            boxes.append(_boxes(binary).cpu().numpy())
-            rles.extend(masks_to_rles(binary.cpu().numpy()))
-        return MaskSet(
-            masks=rles,
-            boxes=np.concatenate(boxes).astype(np.float32),
-            scores=best_iou.float().cpu().numpy(),
-            data={
-                "tokens": tokens.float().cpu().numpy(),
-                "iou_pred": best_iou.float().cpu().numpy(),
-                "stability": np.concatenate(stability).astype(np.float32),
-                "points": points.astype(np.float32),
-            },
-        )
-
-
-def _stability(logits, threshold: float, offset: float):
-    """segment_anything's stability score, 0 where even the low threshold gives an empty mask."""
-    from segment_anything.utils.amg import calculate_stability_score
-
-    score = calculate_stability_score(logits, threshold, offset)
-    return score.nan_to_num(0.0)
-
-
-def _boxes(binary):
-    """(N, H, W) bool tensor → (N, 4) xyxy with x2/y2 exclusive; zeros for empty masks."""
-    import torch
-    from segment_anything.utils.amg import batched_mask_to_box
-
-    boxes = batched_mask_to_box(binary).float()
-    nonempty = binary.flatten(1).any(dim=1)
-    return torch.where(nonempty[:, None], boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device), boxes)
+        return low_res.float(), iou_pred.float(), tokens

@@ -125,33 +125,86 @@ def write_tiny_dino(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def _sd_pipeline(text_config, unet: dict, vae: dict, scheduler):
+    """A Stable Diffusion pipeline of random weights with the locally built tokenizer."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**vae), text_encoder=CLIPTextModel(text_config), tokenizer=build_tokenizer(),
+        unet=UNet2DConditionModel(**unet), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def write_tiny_diffusion(out: Path, seed: int = 0) -> Path:
     """Write a random tiny Stable Diffusion pipeline folder as ``out/sd-tiny`` (32×32 images)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import DDIMScheduler
 
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_tiny_clip_config().text_config)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=16, sample_size=32,
-    )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer(), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    pipe = _sd_pipeline(
+        _tiny_clip_config().text_config,
+        unet=dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+                  norm_num_groups=16),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                 down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                 up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=16, sample_size=32),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
     )
     path = out / get_spec("diffusion:tiny").local_name
     pipe.save_pretrained(path)
     return path
+
+
+def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
+    """Write random weights of a *real* architecture, in its real on-disk format, for speed
+    measurements (random weights cost exactly what trained ones do): ``sam:vit_h|vit_l|vit_b``
+    (a segment_anything state dict under the official file name) or
+    ``diffusion:CompVis/stable-diffusion-v1-4`` (its UNet / VAE / CLIP ViT-L/14 text encoder
+    configs and PNDM scheduler, as a diffusers folder; the tokenizer is the local byte-level one).
+
+    Raises:
+        KeyError: a model with no full-size recipe here.
+    """
+    import torch
+
+    spec = get_spec(name)
+    torch.manual_seed(seed)
+    path = Path(out) / spec.local_name
+    if spec.family == "sam" and spec.arch:
+        from .sam import build_sam
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(build_sam(spec.arch).state_dict(), path)
+        return path
+    if name == "diffusion:CompVis/stable-diffusion-v1-4":
+        from diffusers import PNDMScheduler
+        from transformers import CLIPTextConfig
+
+        vocab, _ = byte_level_vocab()
+        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                              pad_token_id=vocab["<|endoftext|>"], projection_dim=768)
+        pipe = _sd_pipeline(
+            text,
+            unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                      block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                      down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+            vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                     up_block_types=("UpDecoderBlock2D",) * 4),
+            scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
+        )
+        pipe.save_pretrained(path)
+        return path
+    raise KeyError(f"no full-size random recipe for {name}")
 
 
 def write_tiny_zoo(out: Path, seed: int = 0) -> dict[str, Path]:

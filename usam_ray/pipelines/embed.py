@@ -29,7 +29,7 @@ from ..methods.sam_embed import EmbedSettings
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
 from ..models.sam import spec_with_arch
 from .runtime import init_ray, plan_model_pool, quiet_ray_data
-from .stages import SamEmbedStage, ShardWriteStage, read_decode_batch, write_errors
+from .stages import SamEmbedStage, read_decode_batch, write_errors, write_shard_batch
 
 STAGE = "embed"
 
@@ -99,7 +99,7 @@ def plan_embed(cfg: EmbedConfig) -> EmbedPlan:
             shard.unlink()
     done = set(read_column(stage_dir, "image_id")) | set(read_column(errors_dir, "image_id"))
     listing = list_source(source, cfg.data, done, rows_per_unit=cfg.runtime.batch_size)
-    token_dim = 4 * int(sam.spec.arch["prompt_embed_dim"])
+    token_dim = 4 * int(sam.spec.arch["prompt_embed_dim"])  # SAM's 4 mask tokens × decoder width
     return EmbedPlan(cfg, stage_dir, sam, fingerprint, {sam.spec.name: sam_fp}, token_dim, listing,
                      listing.total - listing.pending)
 
@@ -118,25 +118,33 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
     units = plan.listing.units
     ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), math.ceil(len(units) / 16))))
     read_batch = 1 if units and units[0]["kind"] == "parquet" else cfg.runtime.batch_size
-    read_tasks = max(1, int(resources.cpus - pool.size * pool.num_cpus - 0.25))
     ds = ds.map_batches(
         read_decode_batch, fn_kwargs={"data": cfg.data, "long_side": plan.sam.spec.input_size},
-        batch_size=read_batch, compute=ray.data.TaskPoolStrategy(size=read_tasks), num_cpus=1,
+        batch_size=read_batch, compute=ray.data.TaskPoolStrategy(size=pool.read_tasks), num_cpus=pool.read_cpus,
     )
-    settings = EmbedSettings(cfg.sam.points_per_side, cfg.sam.mask_threshold, cfg.sam.stability_offset,
-                             cfg.runtime.mask_chunk)
     ds = ds.map_batches(
         SamEmbedStage,
-        fn_constructor_kwargs={"resolved": plan.sam, "settings": settings, "device": pool.device,
+        fn_constructor_kwargs={"resolved": plan.sam, "settings": embed_settings(cfg), "device": pool.device,
                                "torch_threads": pool.torch_threads},
         batch_size=cfg.runtime.batch_size, compute=ray.data.ActorPoolStrategy(size=pool.size),
         num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
     )
     return ds.map_batches(
-        ShardWriteStage,
-        fn_constructor_kwargs={"stage_dir": str(plan.stage_dir), "fingerprint": plan.fingerprint,
-                               "models": plan.models, "token_dim": plan.token_dim},
-        batch_size=cfg.runtime.shard_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25,
+        write_shard_batch,
+        fn_kwargs={"stage_dir": str(plan.stage_dir), "fingerprint": plan.fingerprint, "models": plan.models,
+                   "token_dim": plan.token_dim},
+        batch_size=cfg.runtime.shard_size, compute=ray.data.TaskPoolStrategy(size=pool.write_tasks),
+        num_cpus=pool.write_cpus,
+    )
+
+
+def embed_settings(cfg: EmbedConfig) -> EmbedSettings:
+    """The embedder's settings from an embed config (SAM section + the runtime's memory bounds)."""
+    return EmbedSettings(
+        points_per_side=cfg.sam.points_per_side, mask_threshold=cfg.sam.mask_threshold,
+        stability_offset=cfg.sam.stability_offset, mask_chunk=cfg.runtime.mask_chunk,
+        pixel_budget=cfg.runtime.mask_pixel_budget, precision=cfg.sam.precision, compile=cfg.sam.compile,
+        batch_size=cfg.runtime.batch_size,
     )
 
 
@@ -184,12 +192,15 @@ def run_embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbedSumm
         quiet_ray_data()
         pool = plan_model_pool(cfg.runtime, resources)
         log(f"embed: Ray has {resources.cpus:g} CPUs, {resources.gpus:g} GPUs; {pool.size} SAM actor(s) on "
-            f"{pool.device} ({pool.num_cpus:g} CPU, {pool.num_gpus:g} GPU each)")
+            f"{pool.device} ({pool.num_cpus:g} CPU, {pool.num_gpus:g} GPU each, {cfg.sam.precision} precision"
+            f"{', compiled' if cfg.sam.compile else ''}), {pool.read_tasks} read and {pool.write_tasks} write tasks")
         ds = build_embed_dataset(plan, resources)
         run_start = time.time()
         for row in ds.iter_rows():
             embedded += int(row["rows"])
             errors += int(row["errors"])
+            if float(row["compile_s"]) > 0:
+                log(f"embed: torch.compile of the image encoder took {float(row['compile_s']):.1f}s (once per actor)")
             done = embedded + errors - len(listing.errors)
             elapsed = time.time() - run_start
             update_manifest(run_dir, STAGE, embedded_this_run=embedded, errors_this_run=errors)

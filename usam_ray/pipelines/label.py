@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import EmbedConfig, LabelConfig, stable_hash
 from ..data.groundtruth import image_key
-from ..data.schema import INSTANCES_SCHEMA, META_MODELS, row_to_maskset, shard_metadata
+from ..data.schema import INSTANCES_SCHEMA, META_MODELS, shard_metadata
 from ..data.shards import (
     atomic_write_bytes, check_fingerprints, list_shards, remove_temp_files, update_manifest, utc_now, write_shard,
 )
@@ -66,7 +66,10 @@ def overlay_bytes(image_path: str, label_map: np.ndarray, pal: list[int]) -> Opt
 
 
 class LabelShardStage:
-    """Ray Data stage: one embedding shard path per row → its labels written; one summary row out.
+    """Ray Data stage over a batch of embedding shard paths: each shard's images labelled and
+    written (semantic PNGs, optional overlays, then its instance shard, atomically); one summary
+    row per shard out. The head is loaded once per actor; a shard's tokens are read through Arrow
+    into one (B, P, T) array and classified in one call.
 
     Args:
         head_path (str): head checkpoint (``best.pt``…).
@@ -74,9 +77,12 @@ class LabelShardStage:
         settings (LabelSettings): thresholds.
         fingerprint (str): label fingerprint stored in instance shards.
         overlays (bool): also write overlay PNGs.
+
+    Output columns: ``shard`` (name), ``images``, ``instances`` (counts written).
     """
 
     INPUT = ("path",)
+    provenance = "usam"
 
     def __init__(self, head_path: str, labels_dir: str, settings: LabelSettings, fingerprint: str,
                  overlays: bool = False) -> None:
@@ -95,55 +101,65 @@ class LabelShardStage:
         self.overlays = overlays
         self.pal = palette()
 
-    provenance = "usam"
-
-    def probs(self, row: dict, ms) -> np.ndarray:
-        """(P, C) class probabilities of the row's masks: the head's softmax over its tokens."""
+    def probs(self, table, sets: list) -> list[np.ndarray]:
+        """Per image (P, C) class probabilities of its masks: the head's softmax over its tokens,
+        all images of the shard in one call."""
         import torch
 
-        with torch.inference_mode():
-            return self.head(torch.as_tensor(ms.data["tokens"])).softmax(-1).numpy()
+        from ..data.schema import embeddings_tokens
 
-    def label_rows(self, rows: list[dict]) -> list[tuple[dict, object, np.ndarray]]:
-        """(row, instances MaskSet, semantic map) for each embeddings row."""
+        tokens = torch.as_tensor(embeddings_tokens(table).astype(np.float32))
+        if tokens.numel() == 0:
+            return [np.zeros((len(ms), len(self.classes)), np.float32) for ms in sets]
+        b, p, t = tokens.shape
+        with torch.inference_mode():
+            probs = self.head(tokens.reshape(b * p, t)).softmax(-1).reshape(b, p, -1).numpy()
+        return list(probs)
+
+    def label_table(self, table) -> list[tuple[int, object, np.ndarray]]:
+        """(row index, instances MaskSet, semantic map) for each embeddings row of ``table``."""
+        from ..data.schema import embeddings_masksets
+
+        sets = embeddings_masksets(table, tokens=False)
+        heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
         out = []
-        for row in rows:
-            ms = row_to_maskset(row)
-            inst = select_instances(ms, self.probs(row, ms), self.settings)
-            out.append((row, inst, semantic_map(inst, int(row["height"]), int(row["width"]))))
+        for i, (ms, probs) in enumerate(zip(sets, self.probs(table, sets))):
+            inst = select_instances(ms, probs, self.settings)
+            out.append((i, inst, semantic_map(inst, int(heights[i]), int(widths[i]))))
         return out
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def label_shard(self, path: str) -> tuple[str, int, int]:
+        """Label one embedding shard; returns (shard name, images, instances)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from .stages import require_columns
+        table = pq.read_table(path)
+        ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
+        heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
+        inst_rows = []
+        for i, inst, sem in self.label_table(table):
+            key = image_key(ids[i])
+            atomic_write_bytes(self.dir / "semantic" / f"{key}.png", png_bytes(sem, self.pal))
+            if self.overlays:
+                data = overlay_bytes(paths[i], sem, self.pal)
+                if data is not None:
+                    atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
+            for rle, c, sc, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
+                inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
+                                  "score": float(sc), "height": int(heights[i]), "width": int(widths[i]),
+                                  "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
+        name = Path(str(path)).name
+        write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
+                    shard_metadata("instances", self.fingerprint, {}))
+        return name, table.num_rows, len(inst_rows)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .stages import _objects, require_columns
 
         require_columns("label", batch, self.INPUT)
-        names, images, instances = [], [], []
-        for path in batch["path"]:
-            rows = pq.read_table(str(path)).to_pylist()
-            inst_rows = []
-            for row, inst, sem in self.label_rows(rows):
-                key = image_key(row["image_id"])
-                atomic_write_bytes(self.dir / "semantic" / f"{key}.png", png_bytes(sem, self.pal))
-                if self.overlays:
-                    data = overlay_bytes(row["path"], sem, self.pal)
-                    if data is not None:
-                        atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
-                for rle, c, s, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
-                    inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
-                                      "score": float(s), "height": int(row["height"]), "width": int(row["width"]),
-                                      "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
-            name = Path(str(path)).name
-            write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
-                        shard_metadata("instances", self.fingerprint, {}))
-            names.append(name)
-            images.append(len(rows))
-            instances.append(len(inst_rows))
-        arr = np.empty(len(names), dtype=object)
-        arr[:] = names
-        return {"shard": arr, "images": np.array(images), "instances": np.array(instances)}
+        done = [self.label_shard(str(path)) for path in batch["path"]]
+        return {"shard": _objects([d[0] for d in done]), "images": np.array([d[1] for d in done], np.int64),
+                "instances": np.array([d[2] for d in done], np.int64)}
 
 
 class SamClipShardStage(LabelShardStage):
@@ -164,13 +180,16 @@ class SamClipShardStage(LabelShardStage):
         self.clip = load_clip(clip_location)
         self._setup(classes, labels_dir, settings, fingerprint, overlays)
 
-    def probs(self, row: dict, ms) -> np.ndarray:
+    def probs(self, table, sets: list) -> list[np.ndarray]:
         from PIL import Image
 
         from ..methods.sam_clip import clip_mask_probs
 
-        image = np.asarray(Image.open(row["path"]).convert("RGB"))
-        return clip_mask_probs(self.clip, image, ms, self.classes)
+        out = []
+        for path, ms in zip(table.column("path").to_pylist(), sets):
+            image = np.asarray(Image.open(path).convert("RGB"))
+            out.append(clip_mask_probs(self.clip, image, ms, self.classes))
+        return out
 
 
 def check_head(ckpt: dict, embed_models: dict[str, str], embed_dir: Path, head_path: Path,
@@ -258,7 +277,7 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
     """
     import ray.data
 
-    from .runtime import init_ray, quiet_ray_data
+    from .runtime import init_ray, plan_cpu_pool, quiet_ray_data
 
     start = time.time()
     remove_temp_files(out)
@@ -268,11 +287,12 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
     log(f"label: {len(shards)} embedding shards, {len(shards) - len(pending)} already labelled in {out}")
     images = instances = 0
     if pending:
-        init_ray(runtime.address)
+        resources = init_ray(runtime.address)
         quiet_ray_data()
+        size, cpus = plan_cpu_pool(resources.cpus, runtime.num_actors)
         ds = ray.data.from_items([{"path": str(p)} for p in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(stage_cls, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5,
-                            fn_constructor_kwargs=kwargs)
+        ds = ds.map_batches(stage_cls, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(size, len(pending))),
+                            num_cpus=cpus, fn_constructor_kwargs=kwargs)
         for k, row in enumerate(ds.iter_rows(), start=1):
             images += int(row["images"])
             instances += int(row["instances"])

@@ -23,14 +23,19 @@ class Resources:
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """How to run a model stage.
+    """How to run a model stage and the CPU tasks around it (readers before, writers after).
 
     Attributes:
-        size (int): actors in the pool.
-        num_cpus (float): CPUs each actor reserves.
-        num_gpus (float): GPUs each actor reserves (0 on CPU-only clusters).
-        device (str): torch device inside the actor.
+        size (int): model actors in the pool.
+        num_cpus (float): CPUs each model actor reserves (held for the actor's whole life).
+        num_gpus (float): GPUs each model actor reserves (0 on CPU-only clusters; 1/k for k actors
+            sharing a GPU).
+        device (str): torch device inside the actors.
         torch_threads (int): intra-op threads per CPU actor (0: leave torch's default).
+        read_tasks (int): decode/resize tasks in flight at once.
+        read_cpus (float): CPUs each read task reserves.
+        write_tasks (int): shard-writing tasks in flight at once.
+        write_cpus (float): CPUs each write task reserves.
     """
 
     size: int
@@ -38,14 +43,24 @@ class PoolPlan:
     num_gpus: float
     device: str
     torch_threads: int
+    read_tasks: int = 1
+    read_cpus: float = 1.0
+    write_tasks: int = 1
+    write_cpus: float = 0.25
+
+    def reserved_cpus(self) -> float:
+        """CPUs reserved when the whole pool, every reader and every writer run at once."""
+        return self.size * self.num_cpus + self.read_tasks * self.read_cpus + self.write_tasks * self.write_cpus
 
 
 def init_ray(address: Optional[str] = None) -> Resources:
     """Start or join Ray, once per process, and return the cluster's resources.
 
-    ``address`` (or ``$RAY_ADDRESS``) joins that cluster; otherwise a running local cluster is
-    joined (``address="auto"``) and, when there is none, a local instance is started. Token
-    authentication is disabled for local instances only (``RAY_AUTH_MODE``), unless already set.
+    A cluster is joined only when named: ``address`` (``--address`` / ``runtime.address``) or
+    ``$RAY_ADDRESS`` (``auto`` joins the cluster ``ray start`` made on this machine). Otherwise
+    every command starts a private local instance (``address="local"``), so two commands on one
+    machine never attach to each other's instance and wait on each other. Token authentication is
+    disabled for private instances only (``RAY_AUTH_MODE``), unless already set.
     """
     import ray
 
@@ -54,33 +69,68 @@ def init_ray(address: Optional[str] = None) -> Resources:
         if target:
             ray.init(address=target, logging_level=logging.WARNING)
         else:
-            try:
-                ray.init(address="auto", logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError):
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     res = ray.cluster_resources()
     return Resources(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))
 
 
-def plan_model_pool(runtime: RuntimeConfig, resources: Resources) -> PoolPlan:
-    """Size a model actor pool.
+def plan_pools(cpus: float, gpus: float, device: str = "auto", num_actors: Optional[int] = None,
+               actors_per_gpu: int = 1, cpus_per_actor: float = 0.5) -> PoolPlan:
+    """Size a model actor pool and the read/write tasks around it, for any node shape. Pure.
 
-    With GPUs (and device not forced to cpu): one actor per GPU (or ``runtime.num_actors``), each
-    ``num_gpus=1``. On CPU-only clusters: actors reserve ``runtime.cpus_per_actor`` (fractional),
-    and the pool leaves at least one whole CPU free for read and write tasks — a pool that takes
-    every CPU starves the reads and the dataset never finishes.
+    Args:
+        cpus (float), gpus (float): what the cluster offers.
+        device (str): ``auto``, ``cpu`` or ``cuda`` (``cuda`` without GPUs is an error).
+        num_actors (int | None): model actors wanted (default: ``actors_per_gpu`` per GPU, or on
+            CPU-only clusters one per two spare CPUs).
+        actors_per_gpu (int): actors sharing one GPU (each reserves 1/k of it): one actor's host
+            work (RLE, Arrow) then overlaps another's GPU work.
+        cpus_per_actor (float): CPUs a CPU-only model actor reserves at most.
+
+    The plan always fits: the model actors together reserve at most half the CPUs, and the
+    readers and writers share the rest, so ``reserved_cpus() <= cpus`` — no node shape leaves a
+    read task waiting for a CPU that an idle actor holds (2 CPUs + 1 GPU deadlocked that way).
+
+    Raises:
+        RuntimeError: ``device`` is ``cuda`` but there is no GPU.
     """
-    if resources.gpus >= 1 and runtime.device != "cpu":
-        size = runtime.num_actors or max(1, int(resources.gpus))
-        return PoolPlan(size=size, num_cpus=1.0 if resources.cpus >= 2 * size else 0.5, num_gpus=1.0,
-                        device="cuda", torch_threads=0)
-    if runtime.device == "cuda":
-        raise RuntimeError("runtime.device is 'cuda' but the Ray cluster has no GPU")
-    # One actor per two spare CPUs (torch uses several threads per actor); at least one actor.
-    size = runtime.num_actors or max(1, int((resources.cpus - 1.0) // 2))
-    threads = max(1, math.floor(max(resources.cpus, 1.0) / size))
-    return PoolPlan(size=size, num_cpus=runtime.cpus_per_actor, num_gpus=0.0, device="cpu", torch_threads=threads)
+    cpus = max(float(cpus), 0.0)
+    if cpus <= 0:
+        raise RuntimeError("the Ray cluster has no CPU: read and write tasks could never run")
+    if gpus >= 1 and device != "cpu":
+        per_gpu = max(1, actors_per_gpu)
+        size = min(num_actors or int(gpus) * per_gpu, int(gpus) * per_gpu)
+        num_gpus, dev, threads = 1.0 / per_gpu, "cuda", 0
+        actor_cpus = min(1.0, cpus / (2 * size))
+    else:
+        if device == "cuda":
+            raise RuntimeError("runtime.device is 'cuda' but the Ray cluster has no GPU")
+        size = num_actors or max(1, int((cpus - 1.0) // 2))  # torch uses several threads per actor
+        num_gpus, dev = 0.0, "cpu"
+        threads = max(1, math.floor(cpus / size))
+        actor_cpus = min(cpus_per_actor, cpus / (2 * size))
+    rest = cpus - size * actor_cpus
+    write_tasks = max(1, min(4, int(rest // 4)))
+    write_cpus = min(1.0, rest / (4 * write_tasks)) if rest < 4 * write_tasks else 1.0
+    read_budget = rest - write_tasks * write_cpus
+    read_cpus = min(1.0, read_budget)
+    read_tasks = max(1, int(read_budget / read_cpus + 1e-9))
+    return PoolPlan(size=size, num_cpus=actor_cpus, num_gpus=num_gpus, device=dev, torch_threads=threads,
+                    read_tasks=read_tasks, read_cpus=read_cpus, write_tasks=write_tasks, write_cpus=write_cpus)
+
+
+def plan_cpu_pool(cpus: float, num_actors: Optional[int] = None) -> tuple[int, float]:
+    """(actors, CPUs each) for a CPU-bound actor stage fed by a trivial source (labelling shards):
+    one single-threaded actor per CPU but one, which stays free for the feeding tasks. Pure."""
+    size = num_actors or max(1, int(cpus) - 1)
+    return size, min(1.0, cpus / (size + 1))
+
+
+def plan_model_pool(runtime: RuntimeConfig, resources: Resources) -> PoolPlan:
+    """``plan_pools`` for the cluster's resources and the runtime settings."""
+    return plan_pools(resources.cpus, resources.gpus, runtime.device, runtime.num_actors,
+                      runtime.actors_per_gpu, runtime.cpus_per_actor)
 
 
 def quiet_ray_data() -> None:

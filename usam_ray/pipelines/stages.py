@@ -6,7 +6,6 @@ column. Stages run without a cluster too: call them on a dict batch.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -34,10 +33,14 @@ def require_columns(stage: str, batch: dict, columns: Sequence[str]) -> None:
             raise MissingColumnError(f"stage {stage}: input batch has no column {col!r} (has {sorted(batch)})")
 
 
-def _strings(values: list[str]) -> np.ndarray:
+def _objects(values: list) -> np.ndarray:
+    """A 1-d object array of ``values`` (lists stay lists: numpy would make a 2-d array of them)."""
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr
+
+
+_strings = _objects
 
 
 class ReadDecodeStage:
@@ -48,7 +51,8 @@ class ReadDecodeStage:
         long_side (int): the model's input side S; images are resized so the long side is S and
             padded to (S, S) at the bottom/right.
 
-    Output columns: ``image_id``, ``path``, ``labels`` (JSON list), ``height``, ``width`` (original),
+    Output columns: ``image_id``, ``path``, ``labels`` (object array of lists of str: Arrow
+    ``list<string>`` between stages), ``height``, ``width`` (original),
     ``input_h``, ``input_w`` (resized), ``image`` (N, S, S, 3) uint8, ``error_type``, ``error_stage``,
     ``message`` ("" when ok).
     """
@@ -66,7 +70,7 @@ class ReadDecodeStage:
         for i in range(len(batch["path"])):
             unit = {k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in self.INPUT}
             for item in read_unit(unit, self.data):
-                row = {"image_id": item.image_id, "path": item.path, "labels": json.dumps(item.labels),
+                row = {"image_id": item.image_id, "path": item.path, "labels": [str(x) for x in item.labels],
                        "error_type": item.error_type, "error_stage": "read" if item.error_type else "",
                        "message": item.message, "height": 0, "width": 0, "input_h": 0, "input_w": 0,
                        "image": None}
@@ -83,8 +87,9 @@ class ReadDecodeStage:
         for k, r in enumerate(rows):
             if r["image"] is not None:
                 images[k] = r["image"]
-        out = {key: _strings([r[key] for r in rows]) for key in ("image_id", "path", "labels", "error_type",
-                                                                  "error_stage", "message")}
+        out = {key: _strings([r[key] for r in rows]) for key in ("image_id", "path", "error_type", "error_stage",
+                                                                  "message")}
+        out["labels"] = _objects([r["labels"] for r in rows])
         for key in ("height", "width", "input_h", "input_w"):
             out[key] = np.asarray([r[key] for r in rows], dtype=np.int64)
         out["image"] = images
@@ -107,8 +112,9 @@ class SamEmbedStage:
 
     Output columns: identity columns passed through, plus ``points`` (B, P, 2), ``tokens``
     (B, P, T) float16, ``iou``/``stability`` (B, P), ``boxes`` (B, P, 4), ``mask_counts`` (B,)
-    object (each a list of P RLE count bytes). Rows that failed earlier, or fail here, carry
-    ``error_type``/``message`` and zeros.
+    object (each a list of P RLE count bytes), ``compile_s`` (B,) float (seconds this actor spent
+    compiling or warming up, on the first row it outputs; 0 elsewhere). Rows that failed earlier,
+    or fail here, carry ``error_type``/``message`` and zeros.
     """
 
     INPUT = ("image_id", "path", "labels", "height", "width", "input_h", "input_w", "image", "error_type",
@@ -125,6 +131,7 @@ class SamEmbedStage:
             torch.set_num_threads(torch_threads)
         self.embedder = SamMaskEmbedder(load_sam(resolved), settings, device)
         self.prompts = settings.points_per_side ** 2
+        self.compile_s = self.embedder.warm_up(settings.batch_size) if settings.compile else 0.0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns("embed", batch, self.INPUT)
@@ -150,6 +157,9 @@ class SamEmbedStage:
             out["boxes"][i] = ms.boxes
             counts[i] = [r["counts"] for r in ms.masks]
         out["mask_counts"] = counts
+        out["compile_s"] = np.zeros(n, np.float64)
+        if n:
+            out["compile_s"][0], self.compile_s = self.compile_s, 0.0
         return out
 
     def _embed(self, batch: dict, idx: list[int], out: dict) -> dict:
@@ -184,7 +194,8 @@ class ShardWriteStage:
         models (dict[str, str]): registry name → weights fingerprint, stored too.
         token_dim (int): width of the tokens column.
 
-    Output: one row per batch: ``shard`` (name or ""), ``rows`` (ok rows written), ``errors``.
+    Output: one row per batch: ``shard`` (name or ""), ``rows`` (ok rows written), ``errors``,
+    ``compile_s`` (the batch's largest, passed on from the model stage when it has the column).
     """
 
     INPUT = ("image_id", "path", "labels", "height", "width", "points", "tokens", "iou", "stability", "boxes",
@@ -212,7 +223,16 @@ class ShardWriteStage:
                 {"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
                  "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
             ], self.fingerprint, self.models)
-        return {"shard": _strings([name]), "rows": np.array([len(ok)]), "errors": np.array([len(bad)])}
+        compile_s = float(np.max(batch["compile_s"])) if "compile_s" in batch and len(batch["compile_s"]) else 0.0
+        return {"shard": _strings([name]), "rows": np.array([len(ok)]), "errors": np.array([len(bad)]),
+                "compile_s": np.array([compile_s])}
+
+
+def write_shard_batch(batch: dict[str, np.ndarray], stage_dir: str, fingerprint: str, models: dict[str, str],
+                      token_dim: int) -> dict[str, np.ndarray]:
+    """``ShardWriteStage`` as a plain function, so Ray Data runs it as CPU tasks that the model
+    actors never wait for (shard names derive from the ids, so writers never collide)."""
+    return ShardWriteStage(stage_dir, fingerprint, models, token_dim)(batch)
 
 
 def write_errors(stage_dir: Path, rows: list[dict], fingerprint: str, models: dict[str, str]) -> str:

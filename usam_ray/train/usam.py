@@ -92,11 +92,10 @@ def _read_bags(paths: dict, classes: list[str], prompts: int, token_dim: int, va
 
 def _to_bags(batch, classes: list[str], prompts: int, token_dim: int, val_fraction: float):
     """pyarrow table → tokens (B, P·T) float32, multi-hot labels (B, C), validation flag (B,)."""
-    import pyarrow.compute as pc
+    from ..data.schema import embeddings_tokens
 
     index = {c: i for i, c in enumerate(classes)}
-    tokens = batch.column("tokens")
-    flat = pc.list_flatten(pc.list_flatten(tokens)).to_numpy(zero_copy_only=False).astype(np.float32)
+    flat = embeddings_tokens(batch).astype(np.float32)  # (B, P, T) through Arrow
     n = batch.num_rows
     labels = np.zeros((n, len(classes)), np.float32)
     for i, ls in enumerate(batch.column("labels").to_pylist()):
