@@ -68,3 +68,14 @@ def test_model_failure_becomes_error_rows_not_a_crash(tmp_path, sam_model):
     out = stage(batch)
     assert out["error_type"][0] == ""
     assert out["error_type"][1] != "" and out["error_stage"][1] == "embed" and "/b" in out["message"][1]
+
+
+def test_read_and_write_tasks_do_not_import_torch():
+    """Read and write tasks start in fresh Ray workers: importing torch there costs ~1.5 s each."""
+    import subprocess
+    import sys
+
+    code = ("import sys, usam_ray.pipelines.stages, usam_ray.pipelines.embed; "
+            "print(sorted(m for m in ('torch', 'segment_anything', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..types import MaskSet
-from .sam_post import chunk_size, mask_boxes, rle_encode, stability_scores, upsample_logits
 
 
 def grid_points(points_per_side: int, height: int, width: int) -> np.ndarray:
@@ -93,7 +92,7 @@ class EmbedSettings:
     stability_offset: float = 1.0
     mask_chunk: int = 256
     pixel_budget: int = 1 << 26
-    precision: str = "fp32"
+    precision: str = "auto"
     sdpa: bool = True
     compile: bool = False
     batch_size: int = 0
@@ -235,6 +234,8 @@ class SamMaskEmbedder:
     def _postprocess(self, best_low, input_size, original_size, images: int) -> list[tuple]:
         """Best logits of ``images`` same-size images ((images·P, 1, h, w)) → per image
         (RLE list, stability (P,) float32, boxes (P, 4) float32), computed on the device."""
+        from .sam_post import chunk_size, mask_boxes, rle_encode, stability_scores, upsample_logits
+
         torch = self.torch
         s = self.settings
         chunk = chunk_size(len(best_low), self.image_size, original_size, s.pixel_budget, s.mask_chunk)

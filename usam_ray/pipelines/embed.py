@@ -116,7 +116,9 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
     resources = resources or init_ray(cfg.runtime.address)
     pool = plan_model_pool(cfg.runtime, resources)
     units = plan.listing.units
-    ds = ray.data.from_items(units, override_num_blocks=max(1, min(len(units), math.ceil(len(units) / 16))))
+    # one block per work unit (a batch of files, or a Parquet row group): the first batch reaches
+    # the model as soon as one unit is decoded
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
     read_batch = 1 if units and units[0]["kind"] == "parquet" else cfg.runtime.batch_size
     ds = ds.map_batches(
         read_decode_batch, fn_kwargs={"data": cfg.data, "long_side": plan.sam.spec.input_size},
@@ -126,8 +128,9 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
         SamEmbedStage,
         fn_constructor_kwargs={"resolved": plan.sam, "settings": embed_settings(cfg), "device": pool.device,
                                "torch_threads": pool.torch_threads},
-        batch_size=cfg.runtime.batch_size, compute=ray.data.ActorPoolStrategy(size=pool.size),
-        num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+        batch_size=cfg.runtime.batch_size, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, zero_copy_batch=True,
+        # queued batches per actor: the next batch is already there when one finishes
+        compute=ray.data.ActorPoolStrategy(size=pool.size, max_tasks_in_flight_per_actor=4),
     )
     return ds.map_batches(
         write_shard_batch,

@@ -154,11 +154,11 @@ class LabelShardStage:
         return name, table.num_rows, len(inst_rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .stages import _objects, require_columns
+        from .stages import object_column, require_columns
 
         require_columns("label", batch, self.INPUT)
         done = [self.label_shard(str(path)) for path in batch["path"]]
-        return {"shard": _objects([d[0] for d in done]), "images": np.array([d[1] for d in done], np.int64),
+        return {"shard": object_column([d[0] for d in done]), "images": np.array([d[1] for d in done], np.int64),
                 "instances": np.array([d[2] for d in done], np.int64)}
 
 

@@ -60,7 +60,8 @@ def init_ray(address: Optional[str] = None) -> Resources:
     ``$RAY_ADDRESS`` (``auto`` joins the cluster ``ray start`` made on this machine). Otherwise
     every command starts a private local instance (``address="local"``), so two commands on one
     machine never attach to each other's instance and wait on each other. Token authentication is
-    disabled for private instances only (``RAY_AUTH_MODE``), unless already set.
+    disabled and worker niceness set to 0 for private instances only (``RAY_AUTH_MODE``,
+    ``RAY_worker_niceness``), unless already set.
     """
     import ray
 
@@ -70,6 +71,9 @@ def init_ray(address: Optional[str] = None) -> Resources:
             ray.init(address=target, logging_level=logging.WARNING)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # In a private instance the workers do all of the command's work: do not let Ray nice
+            # them below its own processes (the default niceness cost ~5 % of embed throughput here).
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     res = ray.cluster_resources()
     return Resources(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))

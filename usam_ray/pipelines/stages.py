@@ -33,14 +33,11 @@ def require_columns(stage: str, batch: dict, columns: Sequence[str]) -> None:
             raise MissingColumnError(f"stage {stage}: input batch has no column {col!r} (has {sorted(batch)})")
 
 
-def _objects(values: list) -> np.ndarray:
+def object_column(values: list) -> np.ndarray:
     """A 1-d object array of ``values`` (lists stay lists: numpy would make a 2-d array of them)."""
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr
-
-
-_strings = _objects
 
 
 class ReadDecodeStage:
@@ -87,9 +84,9 @@ class ReadDecodeStage:
         for k, r in enumerate(rows):
             if r["image"] is not None:
                 images[k] = r["image"]
-        out = {key: _strings([r[key] for r in rows]) for key in ("image_id", "path", "error_type", "error_stage",
+        out = {key: object_column([r[key] for r in rows]) for key in ("image_id", "path", "error_type", "error_stage",
                                                                   "message")}
-        out["labels"] = _objects([r["labels"] for r in rows])
+        out["labels"] = object_column([r["labels"] for r in rows])
         for key in ("height", "width", "input_h", "input_w"):
             out[key] = np.asarray([r[key] for r in rows], dtype=np.int64)
         out["image"] = images
@@ -224,7 +221,7 @@ class ShardWriteStage:
                  "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
             ], self.fingerprint, self.models)
         compile_s = float(np.max(batch["compile_s"])) if "compile_s" in batch and len(batch["compile_s"]) else 0.0
-        return {"shard": _strings([name]), "rows": np.array([len(ok)]), "errors": np.array([len(bad)]),
+        return {"shard": object_column([name]), "rows": np.array([len(ok)]), "errors": np.array([len(bad)]),
                 "compile_s": np.array([compile_s])}
 
 
