@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import print_results
+
 
 def _images(work: Path, n: int, size: str | None) -> list[Path]:
     """``n`` procedural sample images: mixed 96–320 px sides, or all of ``size`` ("375x500")."""
@@ -279,11 +281,7 @@ def main() -> None:
         results["grid_vs_amg"] = amg_s / ours_s
         results["grid_vs_amg_keep_all"] = amg_all_s / ours_s
 
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for k, v in results.items():
-            print(f"{k:34s} {v:.3f}" if isinstance(v, float) else f"{k:34s} {v}")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Usage: python bench/eval.py [--n 2000] [--shard-size 64] [--json]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import print_results
 
 
 def write_fixture(root: Path, n: int, size: int = 512, classes: int = 21, seed: int = 0) -> None:
@@ -74,11 +74,7 @@ def main() -> None:
         "single_images_per_s": args.n / local_s, "parallel_images_per_s": args.n / par_s,
         "parallel_vs_single": local_s / par_s, "confusion_matrices_equal": True,
     }
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for k, v in results.items():
-            print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ Reports img/s per batch size and the ratio of the largest batch to batch 1.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from _report import print_results
 
 
 def main() -> None:
@@ -62,11 +63,7 @@ def main() -> None:
         assert len(out["image"]) == b
         results[f"batch{b}_images_per_s"] = b / (time.perf_counter() - start)
     results["largest_batch_vs_batch1"] = results[f"batch{sizes[-1]}_images_per_s"] / results[f"batch{sizes[0]}_images_per_s"]
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for k, v in results.items():
-            print(f"{k:28s} {v:.3f}" if isinstance(v, float) else f"{k:28s} {v}")
+    print_results(results, args.json)
 
 
 if __name__ == "__main__":

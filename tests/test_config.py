@@ -90,3 +90,14 @@ def test_ci_runs_the_readme_test_command():
          str(root / "README.md")], capture_output=True, text=True, check=True).stdout.strip()
     assert extracted == block and "pytest" in block
     assert "README.md" in (root / ".ci" / "run").read_text()
+
+
+def test_precision_is_part_of_the_fingerprint_and_compile_is_not():
+    base = load_config(EmbedConfig, None, [])
+    fp = embed_fingerprint(base, "sam:tiny", "abc")
+    compiled = load_config(EmbedConfig, None, ["sam.compile=true"])
+    assert embed_fingerprint(compiled, "sam:tiny", "abc") == fp  # compiling gives the same embeddings
+    bf16 = load_config(EmbedConfig, None, ["sam.precision=bf16"])
+    assert embed_fingerprint(bf16, "sam:tiny", "abc") != fp  # bf16 masks differ by a few pixels
+    with pytest.raises(ValueError, match="precision"):
+        load_config(EmbedConfig, None, ["sam.precision=fp8"])

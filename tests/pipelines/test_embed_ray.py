@@ -128,3 +128,21 @@ def test_missing_checkpoint_fails_before_ray_work(tmp_path):
     with pytest.raises(ModelNotFoundError, match="sam_vit_h_4b8939.pth"):
         run_embed(_cfg(tmp_path / "imgs", tmp_path / "run", tmp_path / "imgs", "sam.model=sam:vit_h"))
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_embed_through_ray_on_cpu(tmp_path, zoo, ray_session):
+    """The GPU's default precision, run here: bf16 shards through the whole Ray graph, with the
+    tokens close to an fp32 run's (same images, same SAM)."""
+    write_images(tmp_path / "imgs", 5, bad=False)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        summary = run_embed(_cfg(tmp_path / "imgs", run, zoo, "sam.points_per_side=3", f"sam.precision={precision}"))
+        assert summary.embedded == 5
+        runs[precision] = pa.concat_tables(pq.read_table(s) for s in list_shards(run / "embed")).sort_by("image_id")
+    assert summary.fingerprint != run_embed(_cfg(tmp_path / "imgs", tmp_path / "fp32", zoo, "sam.points_per_side=3",
+                                                 "sam.precision=fp32")).fingerprint
+    a = np.asarray(runs["fp32"].column("tokens").to_pylist(), np.float32)
+    b = np.asarray(runs["bf16"].column("tokens").to_pylist(), np.float32)
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.mean() > 0.99 and not np.array_equal(a, b)
