@@ -7,7 +7,6 @@ rest through Ray Data, and keeps ``RUN/run.json`` current as shards land.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass

@@ -84,9 +84,8 @@ class ReadDecodeStage:
         for k, r in enumerate(rows):
             if r["image"] is not None:
                 images[k] = r["image"]
-        out = {key: object_column([r[key] for r in rows]) for key in ("image_id", "path", "error_type", "error_stage",
-                                                                  "message")}
-        out["labels"] = object_column([r["labels"] for r in rows])
+        out = {key: object_column([r[key] for r in rows])
+               for key in ("image_id", "path", "labels", "error_type", "error_stage", "message")}
         for key in ("height", "width", "input_h", "input_w"):
             out[key] = np.asarray([r[key] for r in rows], dtype=np.int64)
         out["image"] = images
