@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..masks import mask_nms, rles_to_masks
+from ..masks import mask_nms, rle_areas, rles_to_masks
 from ..types import MaskSet
 
 
@@ -46,7 +46,7 @@ def select_instances(masks: MaskSet, probs: np.ndarray, settings: LabelSettings)
     scores = probs.max(1) if len(probs) else np.zeros(0, np.float32)
     classes = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     iou_pred = np.asarray(masks.data.get("iou_pred", np.ones(len(masks))), np.float32)
-    areas = _areas(masks.masks)
+    areas = rle_areas(masks.masks)
     candidate = np.flatnonzero((scores >= settings.score_threshold) & (iou_pred >= settings.min_iou_pred)
                                & (areas >= settings.min_area))
     keep = candidate[mask_nms([masks.masks[i] for i in candidate], scores[candidate], settings.nms_iou)] \
@@ -58,16 +58,6 @@ def select_instances(masks: MaskSet, probs: np.ndarray, settings: LabelSettings)
         class_ids=classes[keep],
         data={"source_index": keep.astype(np.int64)},
     )
-
-
-def _areas(rles: list[dict]) -> np.ndarray:
-    """(N,) int64 pixel counts of N RLE masks, in one pycocotools call."""
-    from pycocotools import mask as mask_utils
-
-    if not rles:
-        return np.zeros(0, np.int64)
-    fixed = [r if isinstance(r["counts"], bytes) else {**r, "counts": r["counts"].encode()} for r in rles]
-    return np.asarray(mask_utils.area(fixed), np.int64).reshape(-1)
 
 
 def semantic_map(instances: MaskSet, height: int, width: int) -> np.ndarray:

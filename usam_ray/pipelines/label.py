@@ -117,11 +117,12 @@ class LabelShardStage:
         return list(probs)
 
     def label_table(self, table) -> list[tuple[int, object, np.ndarray]]:
-        """(row index, instances MaskSet, semantic map) for each embeddings row of ``table``."""
+        """(row index, instances MaskSet, semantic map (H, W) uint8 at the image's size) for each
+        embeddings row of ``table``."""
         from ..data.schema import embeddings_masksets
 
         sets = embeddings_masksets(table, tokens=False)
-        heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
+        heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()  # (B,)
         out = []
         for i, (ms, probs) in enumerate(zip(sets, self.probs(table, sets))):
             inst = select_instances(ms, probs, self.settings)
@@ -135,10 +136,9 @@ class LabelShardStage:
 
         table = pq.read_table(path)
         ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
-        heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
         inst_rows = []
         for i, inst, sem in self.label_table(table):
-            key = image_key(ids[i])
+            key, (height, width) = image_key(ids[i]), sem.shape
             atomic_write_bytes(self.dir / "semantic" / f"{key}.png", png_bytes(sem, self.pal))
             if self.overlays:
                 data = overlay_bytes(paths[i], sem, self.pal)
@@ -146,7 +146,7 @@ class LabelShardStage:
                     atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
             for rle, c, sc, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
                 inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
-                                  "score": float(sc), "height": int(heights[i]), "width": int(widths[i]),
+                                  "score": float(sc), "height": int(height), "width": int(width),
                                   "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
         name = Path(str(path)).name
         write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
