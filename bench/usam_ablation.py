@@ -23,10 +23,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from usam_ray.config import DemoConfig
     from usam_ray.pipelines.run import comparison_table, run_demo
 
     out = args.out or Path(tempfile.mkdtemp(prefix="usam-ablation-"))
-    result = run_demo(out, log=lambda _l: None, scenes=args.scenes, per_class=args.per_class)
+    result = run_demo(DemoConfig(out=out, scenes=args.scenes, per_class=args.per_class), log=lambda _l: None)
     if args.json:
         print(json.dumps(result["comparison"]))
     else:

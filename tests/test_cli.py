@@ -67,7 +67,7 @@ def test_embed_in_process(tmp_path, zoo, ray_session):
                                  "--models", str(zoo), "--set", "sam.points_per_side=3"])
     assert result.exit_code == 0, result.output
     assert "embedded 6 images, 4 errors" in result.output
-    assert "img/s" in result.output  # progress lines
+    assert "images/s" in result.output  # the progress display
     assert sorted(read_column(tmp_path / "run" / "embed", "image_id")) == sorted(files["ok"])
 
 

@@ -12,7 +12,11 @@ from typing import List, Optional
 
 import typer
 
-from .config import EmbedConfig, EvalConfig, LabelConfig, RunConfig, TrainUsamConfig, load_config
+from .config import (
+    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, RunConfig, SynthConfig, TrainUsamConfig,
+    detect_config_kind, load_config,
+)
+from .progress import Terminal
 
 app = typer.Typer(
     name="usam-ray",
@@ -21,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no type labels on flags, [brackets] kept as written
 )
 models_app = typer.Typer(help="List registered models, or write tiny random test models.", no_args_is_help=True)
 config_app = typer.Typer(help="Show resolved configurations and their fields.", no_args_is_help=True)
@@ -32,16 +37,50 @@ app.add_typer(config_app, name="config")
 app.add_typer(toy_app, name="toy")
 app.add_typer(train_app, name="train")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
-SetOpt = typer.Option(None, "--set", "-s", help="Override a field: dotted.key=value (repeatable).")
+ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", help="YAML config file (see configs/).")
+SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                      help="Override a setting: dotted.key=value (repeatable; `usam-ray config show` lists them).")
 ModelsOpt = typer.Option(
-    None, "--models", help="Folder of local weights overriding registry sources (default: $USAM_RAY_MODELS)."
+    None, "--models", metavar="DIR", help="Folder of local weights overriding registry sources (default: $USAM_RAY_MODELS)."
 )
+REQUIRED = "[required, here or in --config]"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"usam-ray {version('usam-ray')}")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            typer.echo("usam-ray (not installed)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                      help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show Ray's own logs in the terminal (otherwise they go to Ray's session files)."),
+) -> None:
+    """Label whole image datasets with semantic and instance masks for the classes you name."""
+    import os
+
+    if verbose:
+        os.environ["USAM_RAY_VERBOSE"] = "1"
 
 
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _require(cfg, options: dict[str, str], command: str) -> None:
+    """Fail with one line when a required setting is missing (before any work starts)."""
+    missing = [opt for key, opt in options.items() if getattr(cfg, key) is None]
+    if missing:
+        _fail(f"{command} needs {' and '.join(missing)} (on the command line or in --config)")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -67,10 +106,12 @@ def _overrides(sets: Optional[List[str]], **fields: object) -> list[str]:
 @app.command()
 def embed(
     images: Optional[str] = typer.Option(
-        None, "--images", "-i",
-        help="Image source: a folder (recursive), classes:DIR (DIR/<class>/*), or Parquet file/folder with image bytes.",
+        None, "--images", "-i", metavar="SRC",
+        help="Image source: a folder (recursive), classes:DIR (DIR/<class>/*), or Parquet file/folder with image "
+        f"bytes. {REQUIRED}",
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory; shards go to OUT/embed/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help=f"Run directory; shards go to "
+                                       f"RUN/embed/. {REQUIRED}"),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
     models: Optional[Path] = ModelsOpt,
@@ -80,12 +121,15 @@ def embed(
 
     Re-running with the same configuration continues where the last run stopped.
     """
-    from .pipelines.embed import run_embed
-
+    term = Terminal()
     try:
         cfg = load_config(EmbedConfig, config, _overrides(
-            sets, images=images, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors))
-        summary = run_embed(cfg, log=lambda line: typer.echo(line, err=True))
+            sets, images=images, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors),
+            options={"images": "--images", "out": "--out", "runtime.models_dir": "--models"})
+        _require(cfg, {"images": "--images", "out": "--out"}, "embed")
+        from .pipelines.embed import run_embed
+
+        summary = run_embed(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
     typer.echo(
@@ -97,43 +141,89 @@ def embed(
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
 
 
+LABEL_OPTIONS = {"images": "--images", "embeddings": "--from-embeddings", "head": "--head", "out": "--out",
+                 "runtime.models_dir": "--models", "export.formats": "--format"}
+
+
 @app.command()
 def label(
-    images: Optional[str] = typer.Option(None, "--images", "-i", help="Images to label (embedded first into OUT/../embed)."),
+    images: Optional[str] = typer.Option(None, "--images", "-i", metavar="SRC",
+                                         help="Images to label (embedded first into OUT/../embed)."),
     from_embeddings: Optional[Path] = typer.Option(
-        None, "--from-embeddings", help="Label stored embeddings (RUN/embed) without running SAM again."),
-    head: Optional[Path] = typer.Option(None, "--head", help="Head directory (RUN/head) or a .pt checkpoint."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Labels directory (RUN/labels)."),
+        None, "--from-embeddings", metavar="DIR",
+        help="Label stored embeddings (RUN/embed) without running SAM again. One of --images or this is required."),
+    head: Optional[Path] = typer.Option(None, "--head", metavar="DIR",
+                                        help=f"Head directory (RUN/head) or a .pt checkpoint. {REQUIRED}"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Labels directory (RUN/labels). {REQUIRED}"),
     classes: Optional[str] = typer.Option(None, "--classes", help="Expected classes (checked against the head)."),
-    overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs."),
+    overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs and overlays/index.html."),
+    formats: Optional[List[str]] = typer.Option(
+        None, "--format", metavar="FORMAT",
+        help="Also write coco-polygons (coco_dataset_polygons.json, for CVAT) or label-studio "
+        "(label_studio_tasks.json + label_studio_config.xml); repeatable."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
     models: Optional[Path] = ModelsOpt,
 ) -> None:
     """Label every image: SAM masks → head → threshold → mask NMS → instances + semantic maps.
 
-    Writes instances/part-*.parquet, coco_results.json, classes.json, semantic/<key>.png (and overlays/).
+    Writes instances/part-*.parquet, coco_dataset.json (images, RLE annotations, categories),
+    coco_results.json (same image ids), classes.json, semantic/<key>.png (and overlays/).
     Resumable; --from-embeddings relabels in seconds with a new head or thresholds.
     """
-    from .pipelines.label import HeadMismatchError, run_label
-    from .types import Ontology
-
+    term = Terminal()
     try:
+        from .types import Ontology
+
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
         cfg = load_config(LabelConfig, config, _overrides(
             sets, images=images, embeddings=from_embeddings, head=head, out=out, overlays=overlays,
-            **{"runtime.models_dir": models}))
-        summary = run_label(cfg, log=lambda line: typer.echo(line, err=True), classes=names)
-    except (HeadMismatchError,) + _user_errors() as exc:
+            **{"runtime.models_dir": models, "export.formats": formats or None}), options=LABEL_OPTIONS)
+        _require(cfg, {"head": "--head", "out": "--out"}, "label")
+        if cfg.images is None and cfg.embeddings is None:
+            _fail("label needs --images or --from-embeddings")
+        from .pipelines.label import HeadMismatchError, run_label
+
+        summary = run_label(cfg, log=term, classes=names)
+    except _user_errors() as exc:
         _fail(str(exc))
     typer.echo(f"labelled {summary.images} images ({summary.instances} instances) this run; {summary.out} holds "
                f"{summary.images_total} semantic maps and {summary.instances_total} instances")
+    typer.echo(f"COCO: {summary.out}/coco_dataset.json, {summary.out}/coco_results.json"
+               + "".join(f", {summary.out}/{name}" for name in summary.exports))
+
+
+@app.command()
+def export(
+    labels: Path = typer.Argument(..., metavar="LABELS", help="Labels directory written by `usam-ray label`."),
+    formats: List[str] = typer.Option(..., "--format", metavar="FORMAT",
+                                      help="coco-polygons or label-studio (repeatable)."),
+    image_url: Optional[str] = typer.Option(None, "--image-url", metavar="TEMPLATE",
+                                            help="Label Studio image URL template with {file_name}."),
+) -> None:
+    """Write other label formats from an existing labels directory (no relabelling)."""
+    from .config import ExportSection
+
+    try:
+        section = load_config(ExportSection, None, _overrides(None, formats=formats, image_url=image_url),
+                              options={"formats": "--format", "image_url": "--image-url"})
+        from .pipelines.label_outputs import export_labels
+
+        written = export_labels(Path(labels), section)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+SYNTH_OPTIONS = {"classes": "--classes", "out": "--out", "synth.source": "--source", "synth.per_class": "--per-class",
+                 "synth.model": "--model", "synth.template": "--template", "synth.steps": "--steps",
+                 "synth.size": "--size", "synth.seed": "--seed", "runtime.models_dir": "--models"}
 
 
 @app.command()
 def synth(
     classes: str = typer.Option(..., "--classes", help='Classes, e.g. "person, bicycle, dog".'),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the Parquet image shards (RUN/synth)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the Parquet image shards (RUN/synth)."),
     source: str = typer.Option("diffusion", help="diffusion or toy."),
     per_class: int = typer.Option(200, "--per-class", help="Images per class."),
     model: str = typer.Option("auto", help="Diffusion model (registry name, hub id or folder)."),
@@ -141,52 +231,72 @@ def synth(
     steps: int = typer.Option(50, help="Sampling steps."),
     size: int = typer.Option(512, help="Image side."),
     seed: int = typer.Option(0, help="Base seed."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
     models: Optional[Path] = ModelsOpt,
 ) -> None:
     """Generate per-class training images (Stable Diffusion or the toy world) as Parquet shards; resumable."""
-    from .pipelines.synth import run_synth
-    from .types import Ontology
-
+    term = Terminal()
     try:
-        names = list(Ontology.from_names(classes).classes)
-        result = run_synth(names, source, per_class, out, model=model, models_dir=models, template=template,
-                           steps=steps, size=size, seed=seed, log=lambda line: typer.echo(line, err=True))
+        from .types import Ontology
+
+        Ontology.from_names(classes)
+        cfg = load_config(SynthConfig, config, _overrides(
+            sets, classes=classes, out=out, **{"synth.source": source, "synth.per_class": per_class,
+                                               "synth.model": model, "synth.template": template, "synth.steps": steps,
+                                               "synth.size": size, "synth.seed": seed, "runtime.models_dir": models}),
+            options=SYNTH_OPTIONS)
+        from .pipelines.synth import run_synth
+
+        result = run_synth(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
-    typer.echo(f"synth: {result['generated']} generated, {result['total']} images in {out}")
+    typer.echo(f"synth: {result['generated']} generated, {result['total']} images in {cfg.out}")
 
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="Run config YAML (configs/voc.yaml, configs/coco80.yaml, …)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Run config YAML (configs/voc.yaml, configs/coco80.yaml, …)."),
     sets: Optional[List[str]] = SetOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (overrides the config's)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help="Run directory (overrides the config's)."),
     models: Optional[Path] = ModelsOpt,
 ) -> None:
     """synth → embed → train → label → eval, each stage resumed or skipped when already done."""
-    from .pipelines.label import HeadMismatchError
-    from .pipelines.run import run_pipeline
-
+    term = Terminal()
     try:
-        cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}))
-        result = run_pipeline(cfg, log=lambda line: typer.echo(line, err=True))
-    except (HeadMismatchError,) + _user_errors() as exc:
+        cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}),
+                          options={"out": "--out", "runtime.models_dir": "--models"})
+        _require(cfg, {"out": "out", "classes": "classes", "images": "images"}, "run")
+        from .pipelines.run import check_run, run_pipeline
+
+        check_run(cfg)
+        result = run_pipeline(cfg, log=term)
+    except _user_errors() as exc:
         _fail(str(exc))
     _print_run(result, cfg.out)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run directory."),
-    scenes: int = typer.Option(60, help="Toy scenes to label and score."),
-    per_class: int = typer.Option(80, "--per-class", help="Toy training images per class."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help="Run directory [default: runs/demo]."),
+    scenes: Optional[int] = typer.Option(None, help="Toy scenes to label and score [default: 60]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Toy training images per class [default: 80]."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """The whole job on the toy world with the shipped toy zoo, on a local Ray instance: toy objects →
     toy SAM embeddings → MIL + distillation heads → labels of fresh toy scenes → mIoU / mAP50, with baselines."""
-    from .pipelines.run import run_demo
+    term = Terminal()
+    try:
+        cfg = load_config(DemoConfig, config, _overrides(sets, out=out, scenes=scenes, per_class=per_class),
+                          options={"out": "--out", "scenes": "--scenes", "per_class": "--per-class"})
+        from .pipelines.run import check_demo, run_demo
 
-    result = run_demo(out, log=lambda line: typer.echo(line, err=True), scenes=scenes, per_class=per_class)
-    _print_run(result, out)
+        check_demo(cfg)
+        result = run_demo(cfg, log=term)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    _print_run(result, cfg.out)
 
 
 def _print_run(result: dict, out) -> None:
@@ -198,64 +308,74 @@ def _print_run(result: dict, out) -> None:
     if result.get("comparison"):
         typer.echo("")
         typer.echo(comparison_table(result["comparison"]))
-    typer.echo(f"\nlabels: {out}/labels (semantic/, instances/, coco_results.json), overlays: {out}/labels/overlays/")
+    typer.echo(f"\nlabels: {out}/labels (semantic/, instances/, coco_dataset.json, coco_results.json)")
+    typer.echo(f"overlays: {out}/labels/overlays/index.html")
     if result.get("eval"):
-        typer.echo(f"report: {out}/eval/report.md")
+        typer.echo(f"report: {out}/eval/report.md, ground truth beside prediction: {out}/eval/contact_sheet.png")
 
 
 @train_app.command("usam")
 def train_usam_cmd(
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", help="Embed stage directory (RUN/embed)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Head directory (RUN/head)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", metavar="DIR",
+                                              help=f"Embed stage directory (RUN/train/embed). {REQUIRED}"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Head directory (RUN/head). {REQUIRED}"),
     classes: Optional[str] = typer.Option(None, "--classes", help='Classes in order, e.g. "person, bicycle, dog".'),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Train U-SAM's MIL teacher, then the uncertainty-distilled student (TorchTrainer).
 
-    Writes teacher.pt, student.pt, best.pt and head.json; prints every epoch's metrics.
+    Writes teacher.pt, student.pt, best.pt and head.json; shows each phase's epochs and losses.
     """
-    from .train.usam import TrainDataError, train_usam
-    from .types import Ontology
-
+    term = Terminal()
     try:
+        from .types import Ontology
+
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
-        cfg = load_config(TrainUsamConfig, config, _overrides(sets, embeddings=embeddings, out=out, classes=names))
-        if cfg.embeddings is None or cfg.out is None:
-            raise ValueError("train usam needs --embeddings and --out")
-        summary = train_usam(cfg, log=lambda line: typer.echo(line, err=True))
-    except (TrainDataError,) + _user_errors() as exc:
+        cfg = load_config(TrainUsamConfig, config, _overrides(sets, embeddings=embeddings, out=out, classes=names),
+                          options={"embeddings": "--embeddings", "out": "--out", "classes": "--classes"})
+        _require(cfg, {"embeddings": "--embeddings", "out": "--out"}, "train usam")
+        from .train.usam import train_usam
+
+        summary = train_usam(cfg, log=term)
+    except _user_errors() as exc:
         _fail(str(exc))
     typer.echo(f"heads written to {cfg.out}: teacher.pt, student.pt, best.pt (student epoch {summary['best']['epoch']})")
 
 
 @app.command("eval")
 def eval_(
-    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Labels directory (RUN/labels)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", metavar="DIR",
+                                          help=f"Labels directory (RUN/labels). {REQUIRED}"),
     gt: Optional[str] = typer.Option(
-        None, "--gt", help="Ground truth: voc:ROOT[@split], coco:ANNOTATIONS.json[:IMAGES_DIR] or folder:ROOT."
+        None, "--gt", metavar="SPEC",
+        help=f"Ground truth: voc:ROOT[@split], coco:ANNOTATIONS.json[:IMAGES_DIR] or folder:ROOT. {REQUIRED}"
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: RUN/eval)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="Report directory [default: RUN/eval for RUN/labels, else LABELS-eval]."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Score labels against ground truth: mIoU, pixel accuracy, mAP50 — in parallel over shards.
 
-    Writes report.json, report.md and a per-class IoU chart, and prints the headline table.
+    Writes report.json, report.md, a per-class IoU chart and a contact sheet (ground truth beside
+    prediction), and prints the headline table.
     """
-    from .data.groundtruth import GroundTruthError
-    from .eval.evaluate import EvalError, run_eval
-    from .eval.labels import LabelsError
-
+    term = Terminal()
     try:
-        cfg = load_config(EvalConfig, config, _overrides(sets, labels=labels, gt=gt, out=out))
-        report = run_eval(cfg, log=lambda line: typer.echo(line, err=True))
-    except (GroundTruthError, LabelsError, EvalError) + _user_errors() as exc:
+        cfg = load_config(EvalConfig, config, _overrides(sets, labels=labels, gt=gt, out=out),
+                          options={"labels": "--labels", "gt": "--gt", "out": "--out"})
+        _require(cfg, {"labels": "--labels", "gt": "--gt"}, "eval")
+        from .eval.evaluate import run_eval
+
+        report = run_eval(cfg, log=term)
+    except _user_errors() as exc:
         _fail(str(exc))
     from .eval.report import headline
 
     typer.echo(headline(report))
     typer.echo("reports: " + ", ".join(report["written"].values()))
+
 
 
 @models_app.command("list")
@@ -376,26 +496,50 @@ def _print_quality(quality: dict) -> None:
 
 @config_app.command("show")
 def config_show(
+    kind: Optional[str] = typer.Argument(
+        None, metavar="[" + "|".join(CONFIGS) + "]",
+        help="Which command's configuration [default: the kind --config holds, else embed]."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
-    schema: bool = typer.Option(False, "--schema", help="Print every field with its description instead."),
+    schema: bool = typer.Option(False, "--schema", help="Print every field with its description instead (JSON schema)."),
 ) -> None:
-    """Print the resolved embed configuration as YAML (or the field descriptions)."""
+    """Print a command's resolved configuration as YAML: defaults, then --config, then --set."""
     import yaml
 
-    if schema:
-        typer.echo(json.dumps(EmbedConfig.model_json_schema(), indent=2))
-        return
     try:
-        cfg = load_config(EmbedConfig, config, sets)
+        if kind is None:
+            kind = detect_config_kind(config) if config is not None else "embed"
+        if kind not in CONFIGS:
+            raise ValueError(f"config show: no configuration {kind!r}; one of {', '.join(CONFIGS)}")
+        model = CONFIGS[kind]
+        if schema:
+            typer.echo(json.dumps(model.model_json_schema(), indent=2))
+            return
+        cfg = load_config(model, config, sets)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    typer.echo(f"# usam-ray {kind} configuration")
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console-script entry point: usage errors (a bad option value, a missing argument) are one
+    line naming the option, like every other error."""
+    import click
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), err=True)
+        return 2
+    except click.ClickException as exc:
+        command = f" {exc.ctx.command_path}" if getattr(exc, "ctx", None) is not None else ""
+        typer.echo(f"error: {exc.format_message()} (see `{command.strip() or 'usam-ray'} --help`)", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

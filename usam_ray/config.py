@@ -152,7 +152,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(
-    model: type[BaseModel], path: Optional[Path] = None, overrides: Optional[list[str]] = None
+    model: type[BaseModel], path: Optional[Path] = None, overrides: Optional[list[str]] = None,
+    options: Optional[dict[str, str]] = None,
 ) -> BaseModel:
     """Build a config of class ``model`` from defaults, an optional YAML file and overrides.
 
@@ -160,10 +161,13 @@ def load_config(
         model (type[BaseModel]): the config class (e.g. EmbedConfig).
         path (Path | None): YAML file whose mapping is merged over the defaults.
         overrides (list[str] | None): ``dotted.key=value`` items applied last.
+        options (dict[str, str] | None): dotted key → command-line option that sets it, so that an
+            error names ``--per-class`` rather than ``per_class``.
 
     Raises:
         FileNotFoundError: the YAML file does not exist.
-        ValueError: the YAML is not a mapping, or validation fails (message names the field).
+        ValueError: the YAML is not a mapping, or validation fails (one line naming each field or
+            option; an unknown key with the nearest valid ones).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -177,9 +181,54 @@ def load_config(
     apply_overrides(data, list(overrides or []))
     try:
         return model.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError: re-raise with the source named
+    except Exception as exc:  # pydantic.ValidationError: one line naming each field (or option)
         where = f" (from {path})" if path is not None else ""
-        raise ValueError(f"invalid configuration{where}:\n{exc}") from exc
+        errors = exc.errors() if hasattr(exc, "errors") else None
+        text = describe_errors(model, errors, options or {}) if errors else str(exc)
+        raise ValueError(f"invalid configuration{where}: {text}") from exc
+
+
+def setting_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted setting of a config class, sections expanded (``sam.points_per_side``, …)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += setting_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def nearest_keys(model: type[BaseModel], key: str, n: int = 3) -> list[str]:
+    """The valid settings of ``model`` closest to an unknown ``key`` (by spelling, then by section)."""
+    import difflib
+
+    keys = setting_keys(model)
+    close = difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
+    if not close:  # same last part in another section, or the section's own keys
+        last = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(last, [k.rsplit(".", 1)[-1] for k in keys], n=n, cutoff=0.6)
+        close = [k for k in keys if k.rsplit(".", 1)[-1] in close][:n]
+    return close
+
+
+def describe_errors(model: type[BaseModel], errors: list[dict], options: dict[str, str]) -> str:
+    """Pydantic validation errors as one line: each field (or the command-line option that set it)
+    with what is wrong and the value given; unknown keys with the nearest valid ones."""
+    parts = []
+    for err in errors:
+        key = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":
+            near = nearest_keys(model, key)
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            parts.append(f"unknown setting {key!r}{hint} (`usam-ray config show` lists them)")
+            continue
+        name = options.get(key, key)
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{name}: {err.get('msg', 'invalid')}{shown}")
+    return "; ".join(parts)
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:
@@ -251,6 +300,21 @@ class LabelSettingsConfig(_Section):
     min_area: int = Field(16, ge=0, description="Drop masks with fewer pixels.")
 
 
+class ExportSection(_Section):
+    """Extra label formats written beside ``coco_dataset.json`` (RLE) and ``coco_results.json``."""
+
+    formats: list[Literal["coco-polygons", "label-studio"]] = Field(
+        default_factory=list,
+        description="coco-polygons: coco_dataset_polygons.json (contours, for CVAT's COCO importer); "
+        "label-studio: label_studio_tasks.json (brush RLE pre-annotations) + label_studio_config.xml.",
+    )
+    image_url: str = Field(
+        "/data/local-files/?d={file_name}",
+        description="Label Studio task image URL; {file_name} is the image's path relative to its source "
+        "(the default serves files under LOCAL_FILES_DOCUMENT_ROOT).",
+    )
+
+
 class LabelConfig(_Section):
     """`usam-ray label`: instances and semantic maps for every image, from a trained head."""
 
@@ -262,6 +326,7 @@ class LabelConfig(_Section):
     )
     out: Optional[Path] = Field(None, description="Labels directory (RUN/labels).")
     overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
+    export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
     label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Thresholds.")
     sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (when labelling images).")
     data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
@@ -298,6 +363,49 @@ class RunConfig(_Section):
     label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Labelling thresholds.")
     checkpoint: Literal["best", "student", "teacher"] = Field("best", description="Head used for the labels.")
     overlays: bool = Field(True, description="Write overlay PNGs next to the labels.")
+    export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
     baselines: bool = Field(False, description="Also label and score MIL-only, SAM+CLIP and all-background.")
     clip_model: str = Field("auto", description="CLIP for the SAM+CLIP baseline (registry name or hub id).")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+class SynthConfig(_Section):
+    """`usam-ray synth`: per-class training images as Parquet image shards."""
+
+    classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
+    out: Optional[Path] = Field(None, description="Folder for the Parquet image shards (RUN/synth).")
+    synth: SynthSection = Field(default_factory=SynthSection, description="Generation settings.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+class DemoConfig(_Section):
+    """`usam-ray demo`: the whole job on the toy world (see ``pipelines/run.py`` demo_config)."""
+
+    out: Path = Field(Path("runs/demo"), description="Run directory.")
+    scenes: int = Field(60, ge=1, le=100_000, description="Held-out toy scenes to label and score.")
+    per_class: int = Field(80, ge=1, le=100_000, description="Toy training images per class.")
+    seed: int = Field(777, description="Seed of the held-out scenes (the training images use synth.seed 0).")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+#: `usam-ray config show KIND`: every command's configuration class.
+CONFIGS: dict[str, type[BaseModel]] = {
+    "embed": EmbedConfig, "label": LabelConfig, "train": TrainUsamConfig, "eval": EvalConfig,
+    "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig,
+}
+
+
+def detect_config_kind(path: Path) -> str:
+    """The first of ``CONFIGS`` (in order) that a YAML file validates as.
+
+    Raises:
+        ValueError: it fits none (the run config's errors are given).
+    """
+    for kind, model in CONFIGS.items():
+        try:
+            load_config(model, path)
+            return kind
+        except ValueError:
+            continue
+    load_config(RunConfig, path)  # raises with the run config's one-line message
+    return "run"

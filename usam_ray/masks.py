@@ -130,8 +130,20 @@ def mask_nms(rles: list[dict], scores: np.ndarray, iou_threshold: float) -> np.n
     return np.asarray(keep, dtype=np.int64)
 
 
-def palette(seed: int = 3) -> list[int]:
-    """A 256-entry PIL palette for label maps: 0 black, 255 (ignore) white, ids 1…254 in seeded
-    random colours (768 ints, for ``Image.putpalette``)."""
-    rng = np.random.default_rng(seed)
-    return [0, 0, 0] + [int(v) for v in rng.integers(40, 256, 3 * 254)] + [255, 255, 255]
+def class_colours(n: int) -> np.ndarray:
+    """(n, 3) uint8 bright, well-separated colours for class ids 0…n-1 (0, background, black):
+    hues spaced by the golden angle, alternating brightness. Label PNGs and overlays share them."""
+    import colorsys
+
+    out = np.zeros((max(n, 1), 3), np.uint8)
+    for i in range(1, n):
+        r, g, b = colorsys.hsv_to_rgb(((i - 1) * 0.618033988749895) % 1.0, 0.85, 1.0 if i % 2 else 0.8)
+        out[i] = (int(r * 255), int(g * 255), int(b * 255))
+    return out
+
+
+def palette() -> list[int]:
+    """A 256-entry PIL palette for label maps: 0 black, 255 (ignore) white, ids 1…254 in
+    ``class_colours`` (768 ints, for ``Image.putpalette``)."""
+    colours = class_colours(255)
+    return [int(v) for v in colours.reshape(-1)] + [255, 255, 255]

@@ -69,7 +69,7 @@ def test_parallel_equals_single_process_exactly(tmp_path, ray_session):
     assert 0.3 < report["semantic"]["miou"] < 0.95  # noisy labels: well above chance, below perfect
     assert report["instances"]["map50"] > 0.9  # every instance found, the false positives score low
     assert report["labels_fingerprints"]["labels"] == "abc123"
-    out = labels.parent / "eval"
+    out = labels.parent / "labels-eval"  # beside the labels (no run.json here), not the parent's eval/
     assert (out / "report.json").is_file() and (out / "per_class_iou.png").is_file()
     md = (out / "report.md").read_text()
     assert "| dog |" in md and "im003" in md

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_images
-from usam_ray.config import LabelConfig, load_config
+from usam_ray.config import LabelConfig, SynthConfig, load_config
 from usam_ray.data.shards import list_shards, read_column
 from usam_ray.heads.mil import MaskClassifier
 from usam_ray.models.registry import resolve
@@ -65,29 +65,35 @@ def test_head_of_another_sam_is_refused_naming_both(tmp_path, zoo, ray_session):
         run_label(cfg, log=lambda _l: None)
 
 
+def _synth(classes, source, per_class, out, models=None, batch_size=2, shard_size=64, **synth):
+    cfg = SynthConfig(classes=", ".join(classes), out=out,
+                      synth={"source": source, "per_class": per_class, "size": 64, **synth},
+                      runtime={"batch_size": batch_size, "shard_size": shard_size, "models_dir": models})
+    return run_synth(cfg, log=lambda _l: None)
+
+
 def test_toy_synth_is_seeded_and_resumes(tmp_path, ray_session):
     out = tmp_path / "synth"
-    first = run_synth(CLASSES, "toy", 3, out, size=64, batch_size=2, shard_size=4, log=lambda _l: None)
+    first = _synth(CLASSES, "toy", 3, out, shard_size=4)
     assert first["generated"] == 6 and first["total"] == 6
     rows = {r["image_id"]: r for s in list_shards(out) for r in pq.read_table(s).to_pylist()}
     assert sorted(rows) == ["circle/00000", "circle/00001", "circle/00002", "star/00000", "star/00001", "star/00002"]
     assert all(r["labels"] == [r["image_id"].split("/")[0]] for r in rows.values())
-    again = run_synth(CLASSES, "toy", 4, out, size=64, batch_size=2, log=lambda _l: None)
+    again = _synth(CLASSES, "toy", 4, out)
     assert again["generated"] == 2 and again["total"] == 8
     for s in list_shards(out):
         s.unlink()
-    run_synth(CLASSES, "toy", 3, out, size=64, batch_size=2, log=lambda _l: None)
+    _synth(CLASSES, "toy", 3, out)
     regenerated = {r["image_id"]: r for s in list_shards(out) for r in pq.read_table(s).to_pylist()}
     assert all(regenerated[k]["image"] == rows[k]["image"] for k in rows)  # same seed, same bytes
     assert item_seed("circle", 1) != item_seed("circle", 2) != item_seed("star", 1)
     with pytest.raises(ValueError, match="unicorn"):
-        run_synth(["unicorn"], "toy", 1, tmp_path / "x", log=lambda _l: None)
+        _synth(["unicorn"], "toy", 1, tmp_path / "x")
 
 
 def test_diffusion_synth_with_the_tiny_stable_diffusion(tmp_path, zoo, ray_session):
     out = tmp_path / "synth"
-    result = run_synth(["dog", "cat"], "diffusion", 2, out, model="diffusion:tiny", models_dir=zoo, steps=2,
-                       size=32, batch_size=2, log=lambda _l: None)
+    result = _synth(["dog", "cat"], "diffusion", 2, out, models=zoo, model="diffusion:tiny", steps=2, size=32)
     assert result["generated"] == 4 and result["total"] == 4
     rows = [r for s in list_shards(out) for r in pq.read_table(s).to_pylist()]
     from PIL import Image
@@ -100,5 +106,4 @@ def test_diffusion_synth_with_the_tiny_stable_diffusion(tmp_path, zoo, ray_sessi
     from usam_ray.models.registry import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match="diffusion:nothere"):
-        run_synth(["dog"], "diffusion", 1, tmp_path / "y", model="diffusion:nothere", models_dir=zoo,
-                  log=lambda _l: None)
+        _synth(["dog"], "diffusion", 1, tmp_path / "y", models=zoo, model="diffusion:nothere")

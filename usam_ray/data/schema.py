@@ -11,9 +11,15 @@ Shard kinds:
 - **errors** (``RUN/<stage>/errors/part-*.parquet``): ``image_id``, ``path``, ``stage``,
   ``error_type``, ``message``, ``time`` (ISO 8601 UTC), all strings.
 - **instances** (``RUN/labels/instances/part-*.parquet``), one row per labelled instance:
-  ``image_id`` string, ``class_id`` int32, ``class_name`` string, ``score`` float32,
-  ``height``/``width`` int32, ``counts`` binary (COCO RLE), ``box`` fixed_size_list<float32, 4>,
+  ``image_id`` string (the image's key: its source path without extension), ``class_id`` int32
+  (1-based: 0 is background), ``class_name`` string, ``score`` float32, ``height``/``width`` int32,
+  ``counts`` binary (COCO RLE), ``box`` fixed_size_list<float32, 4> (**xyxy** in pixels, x2/y2
+  exclusive: ``x2 - x1`` is the width; COCO's ``bbox`` in ``coco_dataset.json`` is **xywh**),
   ``provenance`` string (which method/stage produced it).
+- **labelled images** (``RUN/labels/images/part-*.parquet``), one row per labelled image, written
+  with the instance shard of the same name: ``image_id`` string (key), ``file_name`` string (the
+  image's path relative to its source, as COCO's ``file_name``), ``height``/``width`` int32,
+  ``instances`` int32.
 - **images** (Parquet image sources): ``image_id`` string, ``image`` binary (encoded file bytes),
   ``labels`` list<string>.
 
@@ -74,6 +80,14 @@ INSTANCES_SCHEMA = pa.schema([
     ("counts", pa.binary()),
     ("box", pa.list_(pa.float32(), 4)),
     ("provenance", pa.string()),
+])
+
+LABELLED_IMAGES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("file_name", pa.string()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("instances", pa.int32()),
 ])
 
 IMAGES_SCHEMA = pa.schema([

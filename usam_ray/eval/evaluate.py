@@ -199,6 +199,16 @@ def score_instances(inputs: EvalInputs, reduced: ShardResult, parallel: bool) ->
             "source": source}
 
 
+def default_out(labels: Path) -> Path:
+    """Where a report goes without ``--out``: ``RUN/eval`` for a run's ``RUN/labels`` (the folder
+    beside it holds ``run.json``), else a sibling ``<labels>-eval`` — never a parent's shared
+    ``eval/``, which another labels folder's report would overwrite."""
+    labels = Path(labels)
+    if labels.name == "labels" and (labels.parent / "run.json").is_file():
+        return labels.parent / "eval"
+    return labels.parent / f"{labels.name}-eval"
+
+
 def run_eval(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``cfg.labels`` against ``cfg.gt``, write the reports, return the report dict.
 
@@ -213,13 +223,15 @@ def run_eval(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
         raise ValueError("eval needs --labels and --gt")
     start = time.time()
     inputs = prepare(cfg.gt, Path(cfg.labels))
-    out = Path(cfg.out) if cfg.out is not None else Path(cfg.labels).parent / "eval"
+    out = Path(cfg.out) if cfg.out is not None else default_out(Path(cfg.labels))
     shards = max(1, -(-len(inputs.records) // cfg.shard_size))
     log(f"eval: {len(inputs.records)} ground-truth images, {len(inputs.gt.classes)} classes, "
         f"{shards if cfg.parallel else 1} shard(s){' with instances' if inputs.with_instances else ''}")
     if cfg.parallel:
-        progress = (lambda d, n: log(f"eval: {d}/{n} shards")) if cfg.runtime.progress else None
-        reduced = evaluate_parallel(inputs, cfg.shard_size, cfg.runtime.address, progress)
+        from ..progress import Progress
+
+        with Progress("eval", shards, "shards", log if cfg.runtime.progress else (lambda _l: None)) as bar:
+            reduced = evaluate_parallel(inputs, cfg.shard_size, cfg.runtime.address, lambda _d, _n: bar.update(1))
     else:
         reduced = evaluate_local(inputs)
     if reduced.mismatched:
@@ -229,10 +241,47 @@ def run_eval(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     scores = scores_from_confusion(reduced.cm)
     instances = score_instances(inputs, reduced, cfg.parallel)
     gt_keys = {r["key"] for r in inputs.records}
-    extra = len(inputs.labels.semantic_keys() - gt_keys)
+    extra = sorted(inputs.labels.semantic_keys() - gt_keys)
+    if extra:
+        log(f"eval: {len(extra)} predicted images have no ground truth in {cfg.gt} (e.g. {extra[0]}): "
+            "is it the right ground truth?")
+    if reduced.missing:
+        log(f"eval: {len(reduced.missing)} ground-truth images have no prediction in {cfg.labels} (counted as background)")
     report = build_report(inputs.gt.classes, scores, reduced.cm, reduced.images, reduced.missing, extra, instances,
                           cfg.gt, str(cfg.labels), inputs.labels.fingerprints(), time.time() - start,
                           shards if cfg.parallel else 1)
     paths = write_reports(report, out)
+    sheet = write_contact_sheet(inputs, out / "contact_sheet.png")
+    if sheet is not None:
+        paths["contact_sheet"] = sheet
     report["written"] = {k: str(v) for k, v in paths.items()}
     return report
+
+
+def write_contact_sheet(inputs: EvalInputs, path: Path, n: int = 8) -> Optional[Path]:
+    """Ground truth beside prediction for the first ``n`` ground-truth images that have a
+    prediction and a readable image (None when none has): one PNG a person can glance at."""
+    from ..data.overlay import contact_sheet, read_rgb, render_overlay
+    from ..data.shards import atomic_write_bytes
+
+    names = list(inputs.gt.classes)
+    label_names = inputs.labels.classes or names
+    reader = READERS[inputs.gt.kind]
+    rows = []
+    for rec in inputs.records:
+        if len(rows) >= n:
+            break
+        pred_path = inputs.labels.semantic_path(rec["key"])
+        image = read_rgb(rec.get("image_path") or "")
+        if image is None or not pred_path.is_file():
+            continue
+        gt = reader.load_semantic(rec)
+        pred = read_label_png(pred_path)
+        if pred.shape != gt.shape or image.shape[:2] != gt.shape:
+            continue
+        rows.append((rec["key"], render_overlay(image, gt, names, title="ground truth", long_side=320),
+                     render_overlay(image, pred, label_names, title="prediction", long_side=320)))
+    if not rows:
+        return None
+    atomic_write_bytes(path, contact_sheet(rows))
+    return path

@@ -5,9 +5,10 @@ Layout (``RUN/labels``):
 - ``semantic/<key>.png``: paletted (or grayscale) class-id maps, 0 = background, 255 = ignore;
 - ``classes.json`` (optional): ``{"classes": ["background", "dog", ...], "fingerprint": "..."}``;
   without it the prediction ids are taken to be the ground truth's ids;
-- ``coco_results.json`` (optional): COCO results list; each entry has ``image_id`` (our string key,
-  or the ground truth's COCO id), ``category_name`` (or ``category_id`` in the labels' class ids),
-  ``score`` and ``segmentation`` (RLE);
+- ``coco_results.json`` (optional): COCO results list; each entry has ``image_id`` (an image id of
+  ``coco_dataset.json`` beside it, else our string key or the ground truth's COCO id),
+  ``category_name`` (or ``category_id`` in the labels' class ids), ``score`` and ``segmentation`` (RLE);
+- ``coco_dataset.json`` (optional): the COCO dataset whose image ids ``coco_results.json`` uses;
 - ``instances/part-*.parquet`` (optional): instance shards (``data/schema.py`` INSTANCES_SCHEMA).
 """
 
@@ -99,12 +100,24 @@ class LabelsDir:
 
 
 def results_from_json(path: Path) -> list[dict]:
-    """The COCO results list of ``coco_results.json`` (a list, or a dict with ``annotations``)."""
-    data = json.loads(Path(path).read_text())
+    """The COCO results list of ``coco_results.json`` (a list, or a dict with ``annotations``).
+
+    When a ``coco_dataset.json`` written by usam-ray lies beside it, the integer image ids are
+    that file's and are turned back into image keys.
+    """
+    from ..data.coco import key_by_image_id
+
+    path = Path(path)
+    data = json.loads(path.read_text())
     if isinstance(data, dict):
         data = data.get("annotations", [])
     if not isinstance(data, list):
         raise LabelsError(f"{path}: expected a list of COCO results")
+    dataset_path = path.parent / "coco_dataset.json"
+    if dataset_path.is_file():
+        keys = key_by_image_id(json.loads(dataset_path.read_text()))
+        data = [{**r, "image_id": keys.get(r["image_id"], r["image_id"])} if isinstance(r.get("image_id"), int) else r
+                for r in data]
     return data
 
 

@@ -19,7 +19,7 @@ def _num(v: float) -> Optional[float]:
 
 
 def build_report(classes: list[str], scores: SemanticScores, cm: np.ndarray, images: int, missing: list[str],
-                 extra_predictions: int, instances: Optional[dict[str, Any]], gt_spec: str, labels_root: str,
+                 extra_predictions: list[str], instances: Optional[dict[str, Any]], gt_spec: str, labels_root: str,
                  fingerprints: dict[str, Any], seconds: float, shards: int) -> dict[str, Any]:
     """The report as a JSON-ready dict (NaN written as null)."""
     report: dict[str, Any] = {
@@ -31,7 +31,8 @@ def build_report(classes: list[str], scores: SemanticScores, cm: np.ndarray, ima
         "images": images,
         "images_missing_prediction": len(missing),
         "missing_predictions": sorted(missing),
-        "predictions_not_in_ground_truth": extra_predictions,
+        "predictions_not_in_ground_truth": len(extra_predictions),
+        "predictions_without_ground_truth": sorted(extra_predictions),
         "semantic": {
             "miou": _num(scores.miou),
             "miou_no_background": _num(scores.miou_no_bg),
@@ -66,15 +67,17 @@ def headline(report: dict[str, Any]) -> str:
         ("pixel accuracy", _pct(sem["pixel_accuracy"])),
         ("mAP50", _pct(inst.get("map50")) if inst else "— (no instances)"),
         ("mAP50:95", _pct(inst.get("map")) if inst else "—"),
-        ("images", str(report["images"])),
-        ("missing predictions", str(report["images_missing_prediction"])),
+        ("images scored", str(report["images"])),
+        ("ground truth without prediction", str(report["images_missing_prediction"])),
+        ("predictions without ground truth", str(report["predictions_not_in_ground_truth"])),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """``report.md``: headline, per-class table, missing predictions."""
+    """``report.md``: headline, the methods' comparison (when the run made one), per-class table,
+    images on one side only."""
     sem = report["semantic"]
     inst = report["instances"] or {}
     ap = inst.get("ap50_per_class", {}) if inst else {}
@@ -83,18 +86,31 @@ def markdown(report: dict[str, Any]) -> str:
         f"Ground truth `{report['ground_truth']}`, labels `{report['labels']}`, {report['images']} images "
         f"({report['created']}).", "",
         "```", headline(report), "```", "",
-        "| class | IoU | accuracy | AP50 |", "| --- | ---: | ---: | ---: |",
     ]
-    for c in report["classes"]:
-        lines.append(f"| {c} | {_pct(sem['per_class_iou'][c])} | {_pct(sem['per_class_accuracy'][c])} | "
-                     f"{_pct(ap.get(c)) if c in ap else '—'} |")
-    lines += ["", "IoU is — where a class is in neither ground truth nor prediction (left out of the means).", ""]
-    if report["missing_predictions"]:
-        shown = report["missing_predictions"][:50]
-        lines += [f"## Images without a prediction ({len(report['missing_predictions'])}, counted as background)", ""]
-        lines += [f"- {k}" for k in shown]
-        if len(report["missing_predictions"]) > len(shown):
-            lines.append(f"- … and {len(report['missing_predictions']) - len(shown)} more (report.json)")
+    if report.get("comparison"):
+        lines += ["## Methods compared on the same images", "", "| method | mIoU | mIoU (no background) | mAP50 |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {name} | {_pct(r['miou'])} | {_pct(r['miou_no_background'])} | {_pct(r['map50'])} |"
+                  for name, r in report["comparison"].items()]
+        lines.append("")
+    lines += ["## Per class", "", "| class | IoU | accuracy | AP50 |", "| --- | ---: | ---: | ---: |"]
+    for i, c in enumerate(report["classes"]):
+        ap_cell = "" if i == 0 or not ap else _pct(ap.get(c))  # background is not an instance class
+        lines.append(f"| {c} | {_pct(sem['per_class_iou'][c])} | {_pct(sem['per_class_accuracy'][c])} | {ap_cell} |")
+    lines.append("")
+    if any(v is None for v in sem["per_class_iou"].values()):
+        lines += ["IoU is — where a class is in neither ground truth nor prediction (left out of the means).", ""]
+    if ap and any(ap.get(c) is None for c in report["classes"][1:]):
+        lines += ["AP50 is — where a class has no ground-truth instance.", ""]
+    for title, keys in (("Ground-truth images without a prediction (counted as background)",
+                         report["missing_predictions"]),
+                        ("Predicted images without ground truth (not scored)",
+                         report.get("predictions_without_ground_truth", []))):
+        if keys:
+            lines += [f"## {title}: {len(keys)}", ""] + [f"- {k}" for k in keys[:50]]
+            if len(keys) > 50:
+                lines.append(f"- … and {len(keys) - 50} more (report.json)")
+            lines.append("")
     if report["labels_fingerprints"]:
         lines += ["", "Labels fingerprints: " + ", ".join(f"{k} `{v}`" for k, v in report["labels_fingerprints"].items())]
     return "\n".join(lines) + "\n"

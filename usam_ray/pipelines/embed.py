@@ -27,6 +27,7 @@ from ..data.sources import Listing, list_source, parse_source
 from ..methods.sam_embed import EmbedSettings
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
 from ..models.sam import spec_with_arch
+from ..progress import Progress
 from .runtime import init_ray, plan_model_pool, quiet_ray_data
 from .stages import SamEmbedStage, read_decode_batch, write_errors, write_shard_batch
 
@@ -162,17 +163,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _eta(done: int, pending: int, elapsed: float) -> str:
-    if done == 0 or elapsed <= 0:
-        return "?"
-    seconds = (pending - done) * elapsed / done
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def run_embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbedSummary:
     """Run (or resume) the embed stage of ``cfg`` and return its summary.
 
-    Progress lines go to ``log`` as shards land; ``RUN/run.json`` is updated with each.
+    One progress display (``progress.Progress``) shows images done as shards land;
+    ``RUN/run.json`` is updated with each shard.
     """
     start = time.time()
     plan = plan_embed(cfg)
@@ -190,25 +185,22 @@ def run_embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbedSumm
         f"{listing.pending} to embed with {plan.sam.spec.name} ({plan.sam.location}); fingerprint {plan.fingerprint}")
     embedded = 0
     if listing.pending:
-        resources = init_ray(cfg.runtime.address)
+        resources = init_ray(cfg.runtime.address, log)
         quiet_ray_data()
         pool = plan_model_pool(cfg.runtime, resources)
         log(f"embed: Ray has {resources.cpus:g} CPUs, {resources.gpus:g} GPUs; {pool.size} SAM actor(s) on "
             f"{pool.device} ({pool.num_cpus:g} CPU, {pool.num_gpus:g} GPU each, {cfg.sam.precision} precision"
             f"{', compiled' if cfg.sam.compile else ''}), {pool.read_tasks} read and {pool.write_tasks} write tasks")
         ds = build_embed_dataset(plan, resources)
-        run_start = time.time()
-        for row in ds.iter_rows():
-            embedded += int(row["rows"])
-            errors += int(row["errors"])
-            if float(row["compile_s"]) > 0:
-                log(f"embed: torch.compile of the image encoder took {float(row['compile_s']):.1f}s (once per actor)")
-            done = embedded + errors - len(listing.errors)
-            elapsed = time.time() - run_start
-            update_manifest(run_dir, STAGE, embedded_this_run=embedded, errors_this_run=errors)
-            if cfg.runtime.progress:
-                log(f"embed: {done}/{listing.pending} images ({100.0 * done / listing.pending:.1f}%), "
-                    f"{errors} errors, {done / max(elapsed, 1e-9):.2f} img/s, ETA {_eta(done, listing.pending, elapsed)}")
+        show = log if cfg.runtime.progress else (lambda _l: None)
+        with Progress("embed", listing.pending, "images", show) as progress:
+            for row in ds.iter_rows():
+                embedded += int(row["rows"])
+                errors += int(row["errors"])
+                if float(row["compile_s"]) > 0:
+                    log(f"embed: torch.compile of the image encoder took {float(row['compile_s']):.1f}s (once per actor)")
+                update_manifest(run_dir, STAGE, embedded_this_run=embedded, errors_this_run=errors)
+                progress.update(int(row["rows"]) + int(row["errors"]), errors=errors)
     rows_total = count_rows(plan.stage_dir)
     errors_total = count_rows(plan.stage_dir / "errors")
     summary = EmbedSummary(str(plan.stage_dir), plan.fingerprint, plan.sam.spec.name, listing.total,

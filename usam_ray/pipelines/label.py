@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import EmbedConfig, LabelConfig, stable_hash
 from ..data.groundtruth import image_key
-from ..data.schema import INSTANCES_SCHEMA, META_MODELS, shard_metadata
+from ..data.schema import INSTANCES_SCHEMA, LABELLED_IMAGES_SCHEMA, META_MODELS, shard_metadata
 from ..data.shards import (
     atomic_write_bytes, check_fingerprints, list_shards, remove_temp_files, update_manifest, utc_now, write_shard,
 )
@@ -47,22 +47,26 @@ def png_bytes(label_map: np.ndarray, pal: list[int]) -> bytes:
     return buf.getvalue()
 
 
-def overlay_bytes(image_path: str, label_map: np.ndarray, pal: list[int]) -> Optional[bytes]:
-    """The image with labelled pixels tinted by their class colour (None if the image is unreadable)."""
-    from PIL import Image
+def overlay_bytes(image_path: str, label_map: np.ndarray, classes: list[str], inst) -> Optional[bytes]:
+    """The image with its instances drawn (class-coloured fills and contours, "class score" tags,
+    a legend), at least 512 px on its long side; None when the image cannot be read or its size
+    differs from the label map's.
 
-    try:
-        img = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32)
-    except OSError:
+    Args:
+        image_path (str): the image file.
+        label_map (np.ndarray): (H, W) uint8 class ids.
+        classes (list[str]): class names without background.
+        inst (MaskSet): the image's instances (RLE masks, 0-based class ids, scores).
+    """
+    from ..data.overlay import png, read_rgb, render_overlay
+    from ..masks import rle_to_mask
+
+    image = read_rgb(image_path)
+    if image is None or image.shape[:2] != label_map.shape:
         return None
-    if img.shape[:2] != label_map.shape:
-        return None
-    colours = np.asarray(pal, np.float32).reshape(256, 3)[label_map]
-    alpha = (label_map > 0)[..., None] * 0.5
-    out = (img * (1 - alpha) + colours * alpha).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(out).save(buf, "PNG")
-    return buf.getvalue()
+    shapes = [(rle_to_mask(rle).astype(bool), int(c) + 1, float(sc))
+              for rle, c, sc in zip(inst.masks, inst.class_ids, inst.scores)]
+    return png(render_overlay(image, label_map, ["background", *classes], shapes))
 
 
 class LabelShardStage:
@@ -136,19 +140,24 @@ class LabelShardStage:
 
         table = pq.read_table(path)
         ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
-        inst_rows = []
+        inst_rows, image_rows = [], []
         for i, inst, sem in self.label_table(table):
             key, (height, width) = image_key(ids[i]), sem.shape
             atomic_write_bytes(self.dir / "semantic" / f"{key}.png", png_bytes(sem, self.pal))
             if self.overlays:
-                data = overlay_bytes(paths[i], sem, self.pal)
+                data = overlay_bytes(paths[i], sem, self.classes, inst)
                 if data is not None:
                     atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
+            image_rows.append({"image_id": key, "file_name": ids[i], "height": int(height), "width": int(width),
+                               "instances": len(inst.masks)})
             for rle, c, sc, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
                 inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
                                   "score": float(sc), "height": int(height), "width": int(width),
                                   "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
         name = Path(str(path)).name
+        meta = shard_metadata("labelled_images", self.fingerprint, {})
+        # the images shard first: the instance shard, written last, marks the shard done
+        write_shard(pa.Table.from_pylist(image_rows, schema=LABELLED_IMAGES_SCHEMA), self.dir / "images" / name, meta)
         write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
                     shard_metadata("instances", self.fingerprint, {}))
         return name, table.num_rows, len(inst_rows)
@@ -222,6 +231,7 @@ class LabelSummary:
     images_total: int
     instances_total: int
     seconds: float
+    exports: list[str] = field(default_factory=list)
 
 
 def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Optional[list[str]] = None) -> LabelSummary:
@@ -261,7 +271,8 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
                     head=str(head_path), config=cfg.model_dump(mode="json"))
     kwargs = {"head_path": str(head_path), "labels_dir": str(out), "settings": settings, "fingerprint": fingerprint,
               "overlays": cfg.overlays}
-    summary = label_shards(LabelShardStage, kwargs, shards, out, ckpt["classes"], fingerprint, cfg.runtime, log)
+    summary = label_shards(LabelShardStage, kwargs, shards, out, ckpt["classes"], fingerprint, cfg.runtime, log,
+                           cfg.export)
     summary.seconds = time.time() - start
     update_manifest(out.parent, STAGE, status="complete", finished=utc_now(), images=summary.images_total,
                     instances=summary.instances_total)
@@ -269,14 +280,17 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
 
 
 def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes: list[str], fingerprint: str,
-                 runtime, log: Callable[[str], None]) -> LabelSummary:
+                 runtime, log: Callable[[str], None], export=None) -> LabelSummary:
     """Run ``stage_cls`` over the embedding shards not yet labelled in ``out``; merge the outputs.
 
     Raises:
         StageConflictError: ``out`` holds labels of another fingerprint.
     """
+    import pyarrow.parquet as pq
     import ray.data
 
+    from ..progress import Progress
+    from .label_outputs import write_label_outputs
     from .runtime import init_ray, plan_cpu_pool, quiet_ray_data
 
     start = time.time()
@@ -287,20 +301,21 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
     log(f"label: {len(shards)} embedding shards, {len(shards) - len(pending)} already labelled in {out}")
     images = instances = 0
     if pending:
-        resources = init_ray(runtime.address)
+        resources = init_ray(runtime.address, log)
         quiet_ray_data()
         size, cpus = plan_cpu_pool(resources.cpus, runtime.num_actors)
         ds = ray.data.from_items([{"path": str(p)} for p in pending], override_num_blocks=len(pending))
         ds = ds.map_batches(stage_cls, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(size, len(pending))),
                             num_cpus=cpus, fn_constructor_kwargs=kwargs)
-        for k, row in enumerate(ds.iter_rows(), start=1):
-            images += int(row["images"])
-            instances += int(row["instances"])
-            if runtime.progress:
-                log(f"label: {k}/{len(pending)} shards, {images} images, {instances} instances")
-    totals = write_coco_and_classes(out, classes, fingerprint)
+        total_images = sum(pq.read_metadata(p).num_rows for p in pending)
+        with Progress("label", total_images, "images", log if runtime.progress else (lambda _l: None)) as progress:
+            for row in ds.iter_rows():
+                images += int(row["images"])
+                instances += int(row["instances"])
+                progress.update(int(row["images"]), instances=instances)
+    totals = write_label_outputs(out, classes, fingerprint, export)
     return LabelSummary(str(out), fingerprint, len(shards) - len(pending), images, instances, totals[0], totals[1],
-                        time.time() - start)
+                        time.time() - start, totals[2])
 
 
 def run_sam_clip(embed_dir: Path, out: Path, classes: list[str], clip_resolved, settings: LabelSettings, runtime,
@@ -314,27 +329,3 @@ def run_sam_clip(embed_dir: Path, out: Path, classes: list[str], clip_resolved, 
     kwargs = {"clip_location": clip_resolved, "classes": classes, "labels_dir": str(out), "settings": settings,
               "fingerprint": fingerprint}
     return label_shards(SamClipShardStage, kwargs, shards, Path(out), classes, fingerprint, runtime, log)
-
-
-def write_coco_and_classes(out: Path, classes: list[str], fingerprint: str) -> tuple[int, int]:
-    """Merge the instance shards into ``coco_results.json``; write ``classes.json``.
-
-    Returns:
-        (images with a semantic map, instances).
-    """
-    import pyarrow.parquet as pq
-
-    results = []
-    for shard in list_shards(out / "instances"):
-        for r in pq.read_table(shard).to_pylist():
-            x0, y0, x1, y1 = r["box"]
-            results.append({"image_id": r["image_id"], "category_id": r["class_id"], "category_name": r["class_name"],
-                            "score": round(r["score"], 5), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                            "segmentation": {"size": [r["height"], r["width"]], "counts": r["counts"].decode("ascii")}})
-    atomic_write_bytes(out / "coco_results.json", json.dumps(results).encode())
-    names = ["background", *classes]
-    meta = {"classes": names, "categories": [{"id": i, "name": n} for i, n in enumerate(names) if i > 0],
-            "fingerprint": fingerprint}
-    atomic_write_bytes(out / "classes.json", json.dumps(meta, indent=2).encode())
-    images = len(list((out / "semantic").rglob("*.png"))) if (out / "semantic").is_dir() else 0
-    return images, len(results)

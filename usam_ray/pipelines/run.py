@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import EmbedConfig, EvalConfig, LabelConfig, RunConfig
+from ..config import DemoConfig, EmbedConfig, EvalConfig, LabelConfig, RunConfig, SynthConfig
 from ..data.shards import atomic_write_bytes
 from ..types import Ontology
 
@@ -34,27 +34,24 @@ def _train_up_to_date(head_dir: Path, embed_fp: str, settings: dict) -> bool:
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage of ``cfg``; returns {"labels": summary, "eval": report or None, "comparison": …}."""
     from ..eval.evaluate import run_eval
+    from ..eval.report import write_reports
     from ..methods.usam import LabelSettings
     from ..models.registry import models_dir_from_env, resolve_default
     from ..train.usam import embeddings_info, train_usam
     from .embed import run_embed
-    from .label import run_label, run_sam_clip, write_coco_and_classes
+    from .label import run_label, run_sam_clip
+    from .label_outputs import write_label_outputs
     from .synth import run_synth
 
-    if cfg.out is None or cfg.classes is None or cfg.images is None:
-        raise ValueError("run needs out, classes and images")
+    check_run(cfg)
     ontology = Ontology.from_names(cfg.classes)
     classes = list(ontology.classes)
     run = Path(cfg.out)
     s = cfg.synth
     if s.source == "folder":
-        if s.folder is None:
-            raise ValueError("synth.source is folder but synth.folder is not set")
         train_source = f"classes:{s.folder}"
     else:
-        run_synth(classes, s.source, s.per_class, run / "synth", model=s.model, models_dir=cfg.runtime.models_dir,
-                  template=s.template, steps=s.steps, guidance=s.guidance, size=s.size, seed=s.seed,
-                  batch_size=cfg.runtime.batch_size, address=cfg.runtime.address, log=log)
+        run_synth(SynthConfig(classes=cfg.classes, out=run / "synth", synth=s, runtime=cfg.runtime), log=log)
         train_source = str(run / "synth")
     run_embed(EmbedConfig(images=train_source, out=run / "train", sam=cfg.sam, data=cfg.data, runtime=cfg.runtime),
               log=log)
@@ -66,7 +63,8 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     else:
         train_usam(tcfg, log=log)
     lcfg = LabelConfig(images=cfg.images, head=run / "head", checkpoint=cfg.checkpoint, out=run / "labels",
-                       overlays=cfg.overlays, label=cfg.label, sam=cfg.sam, data=cfg.data, runtime=cfg.runtime)
+                       overlays=cfg.overlays, export=cfg.export, label=cfg.label, sam=cfg.sam, data=cfg.data,
+                       runtime=cfg.runtime)
     labels = run_label(lcfg, log=log, classes=classes)
     result: dict = {"labels": labels.__dict__, "eval": None, "comparison": None}
     if cfg.gt is None:
@@ -91,13 +89,15 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
                    runtime=cfg.runtime), log=quiet)
     background = base / "background" / "labels"
     background.mkdir(parents=True, exist_ok=True)
-    write_coco_and_classes(background, classes, "all-background")
+    write_label_outputs(background, classes, "all-background")
     rows["all background"] = run_eval(EvalConfig(labels=background, gt=cfg.gt, out=base / "background" / "eval",
                                                  runtime=cfg.runtime), log=quiet)
     comparison = {name: {"miou": r["semantic"]["miou"], "miou_no_background": r["semantic"]["miou_no_background"],
                          "map50": (r["instances"] or {}).get("map50"), "report": r["written"]["json"]}
                   for name, r in rows.items()}
     atomic_write_bytes(run / "eval" / "comparison.json", json.dumps(comparison, indent=2).encode())
+    report["comparison"] = comparison  # report.md and report.json carry the comparison too
+    write_reports({k: v for k, v in report.items() if k != "written"}, run / "eval")
     result["comparison"] = comparison
     return result
 
@@ -114,26 +114,54 @@ def comparison_table(comparison: dict) -> str:
     return "\n".join(lines)
 
 
-def demo_config(out: Path, scenes: int = 60, per_class: int = 80) -> RunConfig:
+def check_run(cfg: RunConfig) -> None:
+    """What can be checked of a run config before any work starts (raises ValueError naming it)."""
+    if cfg.out is None or cfg.classes is None or cfg.images is None:
+        raise ValueError("run needs out, classes and images (in the config or by --set)")
+    Ontology.from_names(cfg.classes)
+    if cfg.synth.source == "folder" and cfg.synth.folder is None:
+        raise ValueError("synth.source is folder but synth.folder is not set")
+
+
+def demo_config(cfg: DemoConfig) -> RunConfig:
     """The toy-world run: toy objects → toy SAM embeddings → heads → labels of fresh toy scenes → eval."""
     from ..toyworld.scenes import CLASSES
 
+    out = Path(cfg.out)
     return RunConfig(
         out=out, classes=", ".join(CLASSES), images=str(out / "toy-scenes" / "images"),
         gt=f"folder:{out / 'toy-scenes'}",
-        synth={"source": "toy", "per_class": per_class, "size": 128},
+        synth={"source": "toy", "per_class": cfg.per_class, "size": 128},
         sam={"model": "sam:toy", "points_per_side": 10},
         train={"epochs": 25, "batch_size": 32, "hidden": 256, "a": 10.0},
         label={"score_threshold": 0.5, "nms_iou": 0.5, "min_iou_pred": 0.5},
-        baselines=True, clip_model="clip:toy",
+        baselines=True, clip_model="clip:toy", runtime=cfg.runtime,
     )
 
 
-def run_demo(out: Path, log: Callable[[str], None] = print, scenes: int = 60, per_class: int = 80) -> dict:
-    """Write held-out toy scenes (seed 777) with ground truth, then ``run_pipeline(demo_config(out))``."""
+def check_demo(cfg: DemoConfig) -> None:
+    """Refuse a demo that its run directory cannot hold: scenes already written with another count
+    or seed (ValueError naming the folder and the option)."""
+    scenes = Path(cfg.out) / "toy-scenes"
+    meta = scenes / "scenes.json"
+    if meta.is_file():
+        have = json.loads(meta.read_text())
+        if have.get("n") != cfg.scenes or have.get("seed") != cfg.seed:
+            raise ValueError(f"--scenes {cfg.scenes}: {scenes} holds {have.get('n')} scenes of seed {have.get('seed')}; "
+                             f"use another --out or --scenes {have.get('n')}")
+    elif (scenes / "classes.txt").is_file():
+        n = len(list((scenes / "images").glob("*.png")))
+        if n != cfg.scenes:
+            raise ValueError(f"--scenes {cfg.scenes}: {scenes} holds {n} scenes; use another --out or --scenes {n}")
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
+    """Write the held-out toy scenes (``cfg.seed``) with ground truth, then ``run_pipeline(demo_config(cfg))``."""
     from ..toyworld.scenes import write_scene_dataset
 
-    gt = Path(out) / "toy-scenes"
+    check_demo(cfg)
+    gt = Path(cfg.out) / "toy-scenes"
     if not (gt / "classes.txt").is_file():
-        write_scene_dataset(gt, scenes, seed=777)
-    return run_pipeline(demo_config(Path(out), scenes, per_class), log=log)
+        write_scene_dataset(gt, cfg.scenes, seed=cfg.seed)
+        atomic_write_bytes(gt / "scenes.json", json.dumps({"n": cfg.scenes, "seed": cfg.seed}).encode())
+    return run_pipeline(demo_config(cfg), log=log)

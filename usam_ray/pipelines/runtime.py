@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config import RuntimeConfig
 
@@ -53,7 +53,40 @@ class PoolPlan:
         return self.size * self.num_cpus + self.read_tasks * self.read_cpus + self.write_tasks * self.write_cpus
 
 
-def init_ray(address: Optional[str] = None) -> Resources:
+def verbose_logs() -> bool:
+    """Whether Ray's own logs should reach the terminal (``usam-ray --verbose`` sets
+    ``USAM_RAY_VERBOSE=1``)."""
+    return os.environ.get("USAM_RAY_VERBOSE", "") not in ("", "0")
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's INFO chatter (Ray Data's "execution finished", Ray Train's reports) out of the
+    terminal: console handlers of Ray's loggers show warnings and errors only, file handlers (the
+    session's ``ray-data.log`` …) keep everything; Ray's deprecation warnings are not shown."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(max(handler.level, logging.WARNING))
+                if not any(isinstance(f, _DropNotices) for f in handler.filters):
+                    handler.addFilter(_DropNotices())
+
+
+class _DropNotices(logging.Filter):
+    """Drops Ray's warnings that only describe what usam-ray chose (its own progress display)."""
+
+    NOTICES = ("Progress bars disabled",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.NOTICES)
+
+
+def init_ray(address: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> Resources:
     """Start or join Ray, once per process, and return the cluster's resources.
 
     A cluster is joined only when named: ``address`` (``--address`` / ``runtime.address``) or
@@ -62,21 +95,45 @@ def init_ray(address: Optional[str] = None) -> Resources:
     machine never attach to each other's instance and wait on each other. Token authentication is
     disabled and worker niceness set to 0 for private instances only (``RAY_AUTH_MODE``,
     ``RAY_worker_niceness``), unless already set.
+
+    Unless ``verbose_logs()``, workers' output stays in the session's log files
+    (``log_to_driver=False``) and Ray's Python loggers print only warnings here; ``log`` gets one
+    line saying where the logs are.
     """
     import ray
 
+    verbose = verbose_logs()
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS")
+        kwargs = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
         if target:
-            ray.init(address=target, logging_level=logging.WARNING)
+            ray.init(address=target, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             # In a private instance the workers do all of the command's work: do not let Ray nice
             # them below its own processes (the default niceness cost ~5 % of embed throughput here).
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            # Ray Train hands each report to its controller at this poll interval, and the worker
+            # waits for it: at the default 2 s, the demo's 50 epoch reports cost 100 s.
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+            ray.init(address="local", include_dashboard=False, **kwargs)
+        if log is not None and not verbose:
+            log(f"ray: {'joined ' + target if target else 'started a private instance'}; its logs are in "
+                f"{_session_logs()} (--verbose shows them here)")
+    if not verbose:
+        quiet_ray_logs()
     res = ray.cluster_resources()
     return Resources(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))
+
+
+def _session_logs() -> str:
+    """The current Ray session's log folder (best effort)."""
+    try:
+        import ray
+
+        return os.path.join(ray._private.worker.global_worker.node.get_session_dir_path(), "logs")
+    except Exception:  # noqa: BLE001 - only a hint for the user
+        return "/tmp/ray/session_latest/logs"
 
 
 def plan_pools(cpus: float, gpus: float, device: str = "auto", num_actors: Optional[int] = None,
@@ -138,9 +195,11 @@ def plan_model_pool(runtime: RuntimeConfig, resources: Resources) -> PoolPlan:
 
 
 def quiet_ray_data() -> None:
-    """Turn off Ray Data's own progress bars (usam-ray prints its own progress lines)."""
+    """Turn off Ray Data's own progress bars and start-up lines (usam-ray shows its own progress)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    if not verbose_logs():
+        quiet_ray_logs()

@@ -87,22 +87,17 @@ class DiffusionStage:
         return {"image_id": batch["image_id"], "cls": batch["cls"], "image": out}
 
 
-class ImageShardWriter:
-    """Sink: a batch of generated images → one Parquet image shard (IMAGES_SCHEMA), atomically."""
+def write_image_shard(batch: dict[str, np.ndarray], out_dir: str, fingerprint: str,
+                      models: dict[str, str]) -> dict[str, np.ndarray]:
+    """Ray Data task (the sink): a batch of generated images → one Parquet image shard
+    (IMAGES_SCHEMA), atomically; returns ``rows`` (1,)."""
+    import pyarrow as pa
 
-    def __init__(self, out_dir: str, fingerprint: str, models: dict[str, str]) -> None:
-        self.dir = Path(out_dir)
-        self.fingerprint = fingerprint
-        self.models = models
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow as pa
-
-        ids = [str(i) for i in batch["image_id"]]
-        table = pa.table({"image_id": ids, "image": [bytes(b) for b in batch["image"]],
-                          "labels": [[str(c)] for c in batch["cls"]]}, schema=IMAGES_SCHEMA)
-        write_shard(table, self.dir / shard_name(ids), shard_metadata("images", self.fingerprint, self.models))
-        return {"rows": np.array([len(ids)])}
+    ids = [str(i) for i in batch["image_id"]]
+    table = pa.table({"image_id": ids, "image": [bytes(b) for b in batch["image"]],
+                      "labels": [[str(c)] for c in batch["cls"]]}, schema=IMAGES_SCHEMA)
+    write_shard(table, Path(out_dir) / shard_name(ids), shard_metadata("images", fingerprint, models))
+    return {"rows": np.array([len(ids)])}
 
 
 def _check_loadable(resolved) -> None:
@@ -115,22 +110,31 @@ def _check_loadable(resolved) -> None:
     from_pretrained(DiffusionPipeline.load_config, resolved)
 
 
-def run_synth(classes: list[str], source: str, per_class: int, out: Path, *, model: str = "auto",
-              models_dir: Optional[Path] = None, template: str = "a photo of a {c}", steps: int = 50,
-              guidance: float = 7.5, size: int = 512, seed: int = 0, batch_size: int = 4, shard_size: int = 64,
-              address: Optional[str] = None, log: Callable[[str], None] = print) -> dict:
-    """Generate ``per_class`` images per class into ``out`` (Parquet image shards), resuming.
+def run_synth(cfg, log: Callable[[str], None] = print) -> dict:
+    """Generate ``cfg.synth.per_class`` images per class of ``cfg.classes`` into ``cfg.out`` (Parquet
+    image shards), resuming.
+
+    Args:
+        cfg (SynthConfig): classes, out, the synth section and the runtime section.
 
     Returns:
-        {"generated": n, "already": n, "total": n, "fingerprint": fp, "seconds": s}.
+        {"generated": n, "already": n, "total": n, "fingerprint": fp, "shards": n, "seconds": s}.
     """
     import ray.data
 
     from ..config import stable_hash
     from ..models.registry import models_dir_from_env, resolve_default
+    from ..progress import Progress
+    from ..types import Ontology
     from .runtime import init_ray, plan_model_pool, quiet_ray_data
 
     start = time.time()
+    if cfg.classes is None or cfg.out is None:
+        raise ValueError("synth needs --classes and --out")
+    classes = list(Ontology.from_names(cfg.classes).classes)
+    s, runtime = cfg.synth, cfg.runtime
+    source, per_class, template, steps, guidance, size, seed = (s.source, s.per_class, s.template, s.steps, s.guidance,
+                                                                 s.size, s.seed)
     models: dict[str, str] = {}
     resolved = None
     if source == "toy":
@@ -140,14 +144,15 @@ def run_synth(classes: list[str], source: str, per_class: int, out: Path, *, mod
         if unknown:
             raise ValueError(f"the toy world has no classes {unknown}; it has {list(CLASSES)}")
     elif source == "diffusion":
-        resolved = resolve_default("diffusion", model, models_dir_from_env(models_dir))
+        resolved = resolve_default("diffusion", s.model, models_dir_from_env(runtime.models_dir))
         _check_loadable(resolved)
         models = {resolved.spec.name: resolved.fingerprint()}
     else:
         raise ValueError(f"synth source {source!r}: use toy or diffusion (folder needs no generation)")
     fingerprint = stable_hash({"stage": STAGE, "source": source, "template": template, "steps": steps,
                                "guidance": guidance, "size": size, "seed": seed, "models": models})
-    out = Path(out)
+    out = Path(cfg.out)
+    batch_size, shard_size = runtime.batch_size, runtime.shard_size
     remove_temp_files(out)
     from ..data.shards import check_fingerprints
 
@@ -158,26 +163,22 @@ def run_synth(classes: list[str], source: str, per_class: int, out: Path, *, mod
     log(f"synth: {len(classes)} classes × {per_class} {source} images; {len(done)} already in {out}, "
         f"{len(items)} to generate")
     if items:
-        resources = init_ray(address)
+        resources = init_ray(runtime.address, log)
         quiet_ray_data()
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), len(items) // batch_size)))
         if source == "toy":
             ds = ds.map_batches(toy_batch, batch_size=batch_size, fn_kwargs={"size": size}, num_cpus=1)
         else:
-            from ..config import RuntimeConfig
-
-            pool = plan_model_pool(RuntimeConfig(), resources)
+            pool = plan_model_pool(runtime, resources)
             ds = ds.map_batches(DiffusionStage, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=pool.size),
                                 num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
                                 fn_constructor_kwargs={"resolved": resolved, "template": template, "steps": steps,
                                                        "guidance": guidance, "size": size, "device": pool.device})
-        ds = ds.map_batches(ImageShardWriter, batch_size=shard_size, compute=ray.data.ActorPoolStrategy(size=1),
-                            num_cpus=0.25, fn_constructor_kwargs={"out_dir": str(out), "fingerprint": fingerprint,
-                                                                  "models": models})
-        written = 0
-        for row in ds.iter_rows():
-            written += int(row["rows"])
-            log(f"synth: {written}/{len(items)} images")
+        ds = ds.map_batches(write_image_shard, batch_size=shard_size, num_cpus=0.25,
+                            fn_kwargs={"out_dir": str(out), "fingerprint": fingerprint, "models": models})
+        with Progress("synth", len(items), "images", log) as progress:
+            for row in ds.iter_rows():
+                progress.update(int(row["rows"]))
     total = len(read_column(out, "image_id"))
     return {"generated": len(items), "already": len(done), "total": total, "fingerprint": fingerprint,
             "shards": len(list_shards(out)), "seconds": round(time.time() - start, 1)}

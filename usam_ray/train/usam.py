@@ -8,7 +8,12 @@ number of workers (GPU when the cluster has them), and writes ``RUN/head/``:
   checkpoint with the lowest validation MIL loss (images whose id hashes into the validation
   split); each holds the head's arguments, state dict, class list, phase, epoch, metrics and the
   fingerprints of the embeddings it was trained on;
-- ``head.json``: classes, fingerprints, settings and every epoch's metrics.
+- ``head.json``: classes, fingerprints, settings and every epoch's metrics;
+- ``ray/{teacher,student}/``: Ray Train's run folders, each keeping two checkpoints (the best by
+  validation loss and the last).
+
+Each phase is one ``TorchTrainer`` run of ``train_step`` / ``eval_step`` epochs. Training is
+reproducible: every worker orders its bags by image id and draws each epoch's order from the seed.
 """
 
 from __future__ import annotations
@@ -91,94 +96,208 @@ def _read_bags(paths: dict, classes: list[str], prompts: int, token_dim: int, va
 
 
 def _to_bags(batch, classes: list[str], prompts: int, token_dim: int, val_fraction: float):
-    """pyarrow table → tokens (B, P·T) float32, multi-hot labels (B, C), validation flag (B,)."""
+    """pyarrow table → ``image_id`` (B,) str, ``tokens`` (B, P·T) float16, multi-hot ``labels``
+    (B, C) float32, validation flag ``val`` (B,) bool."""
     from ..data.schema import embeddings_tokens
 
     index = {c: i for i, c in enumerate(classes)}
-    flat = embeddings_tokens(batch).astype(np.float32)  # (B, P, T) through Arrow
+    flat = embeddings_tokens(batch).astype(np.float16)  # (B, P, T) through Arrow
     n = batch.num_rows
     labels = np.zeros((n, len(classes)), np.float32)
     for i, ls in enumerate(batch.column("labels").to_pylist()):
         for label in ls:
             labels[i, index[label]] = 1.0
     ids = batch.column("image_id").to_pylist()
-    return {"tokens": flat.reshape(n, prompts * token_dim), "labels": labels,
-            "val": np.array([is_validation(i, val_fraction) for i in ids])}
+    return {"image_id": np.array(ids, dtype=object), "tokens": flat.reshape(n, prompts * token_dim),
+            "labels": labels, "val": np.array([is_validation(i, val_fraction) for i in ids])}
+
+
+def collect_bags(batches) -> dict[str, np.ndarray]:
+    """Concatenate bag batches and order them by image id, so that training sees the same data in
+    the same order whatever order the shards were written or read in."""
+    parts = list(batches)
+    if not parts:
+        return {"image_id": np.array([], object), "tokens": np.zeros((0, 0), np.float16),
+                "labels": np.zeros((0, 0), np.float32), "val": np.zeros(0, bool)}
+    bags = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    order = np.argsort(bags["image_id"].astype(str), kind="stable")
+    return {k: v[order] for k, v in bags.items()}
+
+
+def train_step(model, optimizer, x, y, config: dict, teacher=None) -> dict[str, float]:
+    """One optimisation step on bags ``x`` (B, P, T) float32 with labels ``y`` (B, C): the MIL loss
+    (teacher phase) or MIL + uncertainty distillation from ``teacher`` (student phase)."""
+    import torch
+
+    from ..heads.mil import mil_loss, student_loss
+
+    model.train()
+    valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    logits = model(x)
+    if teacher is None:
+        loss = mil_loss(logits, valid, y, config["a"])
+        parts = {"mil": loss.item(), "unc": 0.0, "bad_fraction": 0.0}
+    else:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss, parts = student_loss(logits, t_logits, valid, y, config["a"], config["tau"], config["lambda_mil"],
+                                   config["lambda_unc"])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), **{k: float(parts[k]) for k in ("mil", "unc", "bad_fraction")}}
+
+
+def eval_step(model, x, y, config: dict) -> tuple[float, int, int]:
+    """Validation on bags ``x`` (B, P, T): (summed MIL loss, bags whose top class is a true label, B)."""
+    import torch
+
+    from ..heads.mil import bag_scores, mil_loss
+
+    model.eval()
+    valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        logits = model(x)
+        loss = float(mil_loss(logits, valid, y, config["a"])) * len(x)
+        pred = bag_scores(logits, valid, config["a"]).argmax(1)
+        correct = int(y.gather(1, pred[:, None]).squeeze(1).sum())
+    return loss, correct, len(x)
+
+
+def _steps_everywhere(local: int) -> int:
+    """The number of steps every worker takes: the smallest of the workers' counts (DDP needs the
+    same number of steps on every worker)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    t = torch.tensor([local], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: teacher (MIL) epochs, then student (MIL + uncertainty) epochs."""
+    """Runs on every Ray Train worker: one phase (teacher: MIL; student: MIL + uncertainty from the
+    teacher in ``config["teacher_state"]``), one report per epoch with a checkpoint from rank 0.
+
+    The worker's bags are read once and ordered by image id; each epoch visits the training bags
+    in a permutation drawn from ``config["seed"]`` (so a seeded run repeats exactly).
+    """
     import ray.train
     import ray.train.torch
     import torch
 
-    from ..heads.mil import MaskClassifier, bag_scores, mil_loss, student_loss
+    from ..heads.mil import MaskClassifier
 
     torch.manual_seed(config["seed"])
-    p, t, c = config["prompts"], config["token_dim"], len(config["classes"])
-    shard = ray.train.get_dataset_shard("train")
+    p, t = config["prompts"], config["token_dim"]
     device = ray.train.torch.get_device()
+    bags = collect_bags(ray.train.get_dataset_shard("train").iter_batches(batch_size=None, batch_format="numpy"))
+    train_idx, val_idx = np.flatnonzero(~bags["val"]), np.flatnonzero(bags["val"])
 
-    def batches():
-        for b in shard.iter_torch_batches(batch_size=config["batch_size"], device=device, drop_last=False):
-            yield b["tokens"].reshape(-1, p, t).float(), b["labels"], b["val"].bool()
+    def tensors(idx: np.ndarray):
+        x = torch.as_tensor(bags["tokens"][idx].astype(np.float32)).reshape(-1, p, t).to(device)
+        return x, torch.as_tensor(bags["labels"][idx]).to(device)
 
-    def epochs(model, phase: str, teacher=None):
-        opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-        for epoch in range(config["epochs"]):
-            model.train()
-            sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
-            n = 0
-            val_loss, val_n, val_correct = 0.0, 0, 0
-            for x, y, val in batches():
-                valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                train = ~val
-                if train.any():
-                    logits = model(x[train])
-                    if teacher is None:
-                        loss = mil_loss(logits, valid[train], y[train], config["a"])
-                        parts = {"mil": loss.item(), "unc": 0.0, "bad_fraction": 0.0}
-                    else:
-                        with torch.no_grad():
-                            t_logits = teacher(x[train])
-                        loss, parts = student_loss(logits, t_logits, valid[train], y[train], config["a"],
-                                                   config["tau"], config["lambda_mil"], config["lambda_unc"])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sums["loss"] += loss.item()
-                    for k in ("mil", "unc", "bad_fraction"):
-                        sums[k] += parts[k]
-                    n += 1
-                if val.any():
-                    model.eval()
-                    with torch.no_grad():
-                        vl = model(x[val])
-                        val_loss += float(mil_loss(vl, valid[val], y[val], config["a"])) * int(val.sum())
-                        pred = bag_scores(vl, valid[val], config["a"]).argmax(1)
-                        val_correct += int(y[val].gather(1, pred[:, None]).squeeze(1).sum())
-                        val_n += int(val.sum())
-                    model.train()
-            metrics = {"phase": phase, "epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()},
-                       "val_mil": val_loss / val_n if val_n else float("nan"),
-                       "val_bag_accuracy": val_correct / val_n if val_n else float("nan")}
-            base = model.module if hasattr(model, "module") else model
-            if ray.train.get_context().get_world_rank() != 0:
-                ray.train.report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"args": base.args, "state_dict": base.state_dict(), "classes": config["classes"],
-                            "phase": phase, "epoch": epoch, "metrics": metrics,
-                            "embeddings": config["embeddings"]}, os.path.join(d, "head.pt"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        return model
+    args = config["head_args"]
+    model = ray.train.torch.prepare_model(MaskClassifier(**args))
+    teacher = None
+    if config["phase"] == "student":
+        teacher = MaskClassifier(**args)
+        teacher.load_state_dict(config["teacher_state"])
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    bs = config["batch_size"]
+    steps = _steps_everywhere(-(-len(train_idx) // bs))
+    gen = torch.Generator().manual_seed(config["seed"])
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    for epoch in range(config["epochs"]):
+        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+        sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
+        for step in range(steps):
+            x, y = tensors(order[step * bs:(step + 1) * bs])
+            for k, v in train_step(model, opt, x, y, config, teacher).items():
+                sums[k] += v
+        val_loss, val_correct, val_n = 0.0, 0, 0
+        for start in range(0, len(val_idx), bs):
+            x, y = tensors(val_idx[start:start + bs])
+            loss, correct, n = eval_step(model, x, y, config)
+            val_loss, val_correct, val_n = val_loss + loss, val_correct + correct, val_n + n
+        metrics = {"phase": config["phase"], "epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()},
+                   "val_mil": val_loss / val_n if val_n else float("nan"),
+                   "val_bag_accuracy": val_correct / val_n if val_n else float("nan"),
+                   # Ray Train keeps the best checkpoint by this (and always the last one)
+                   "checkpoint_score": -val_loss / val_n if val_n else float(epoch)}
+        if not rank0:
+            ray.train.report(metrics)
+            continue
+        if config.get("progress") is not None:
+            config["progress"].put(metrics)
+        base = model.module if hasattr(model, "module") else model
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"args": base.args, "state_dict": base.state_dict(), "classes": config["classes"],
+                        "phase": config["phase"], "epoch": epoch, "metrics": metrics,
+                        "embeddings": config["embeddings"]}, os.path.join(d, "head.pt"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    args = {"in_dim": t, "num_classes": c, "hidden": config["hidden"], "dropout": config["dropout"]}
-    teacher = epochs(ray.train.torch.prepare_model(MaskClassifier(**args)), "teacher")
-    teacher.eval()
-    for q in teacher.parameters():
-        q.requires_grad_(False)
-    epochs(ray.train.torch.prepare_model(MaskClassifier(**args)), "student", teacher)
+
+def _fit_phase(phase: str, config: dict, ds, out: Path, workers: int, use_gpu: bool, log: Callable[[str], None]):
+    """One TorchTrainer run of ``phase``; returns (result, every epoch's metrics in order).
+
+    Ray Train keeps two checkpoints: the best by ``checkpoint_score`` and the last. Epoch metrics
+    travel from rank 0 through a Ray queue to this process, which shows them as they come.
+    """
+    import threading
+
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    from ..progress import Progress
+
+    queue = Queue()
+    history: list[dict] = []
+    progress = Progress(f"train {phase}", config["epochs"], "epochs", log)
+    done = threading.Event()
+
+    def drain(block: bool) -> None:
+        while True:
+            try:
+                m = queue.get(block=block, timeout=0.5) if block else queue.get_nowait()
+            except Empty:
+                return
+            history.append(m)
+            progress.update(1, loss=round(m["loss"], 4), val_mil=round(m["val_mil"], 4))
+
+    def watch() -> None:
+        while not done.is_set():
+            drain(True)
+
+    watcher = threading.Thread(target=watch, name=f"train-{phase}-progress", daemon=True)
+    watcher.start()
+    try:
+        trainer = TorchTrainer(
+            _train_loop, train_loop_config={**config, "phase": phase, "progress": queue},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker=None if use_gpu else {"CPU": 1}),
+            datasets={"train": ds},
+            run_config=RunConfig(storage_path=str((out / "ray").resolve()), name=phase,
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=
+                                                                    "checkpoint_score", checkpoint_score_order="max")),
+        )
+        result = trainer.fit()
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        drain(False)
+        last = history[-1] if history else {}
+        progress.close(f"train {phase}: {len(history)}/{config['epochs']} epochs in "
+                       f"{progress.clock() - progress.start:.1f}s, loss {last.get('loss', float('nan')):.4f}, "
+                       f"val mil {last.get('val_mil', float('nan')):.4f}")
+        queue.shutdown()
+    history.sort(key=lambda m: m["epoch"])
+    return result, history
 
 
 def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -188,8 +307,7 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
         the ``head.json`` content.
     """
     import ray.data
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    import torch
 
     from ..pipelines.runtime import init_ray
 
@@ -198,7 +316,8 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     classes = class_list(embed_dir, cfg.classes)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    resources = init_ray(cfg.runtime.address)
+    shutil.rmtree(out / "ray", ignore_errors=True)  # a fresh run: Ray Train would resume one it finds there
+    resources = init_ray(cfg.runtime.address, log)
     use_gpu = resources.gpus >= 1 and cfg.runtime.device != "cpu"
     workers = cfg.workers or (max(1, int(resources.gpus)) if use_gpu else 1)
     log(f"train: {len(classes)} classes {classes}; {info['prompts']} masks × {info['token_dim']} floats per image; "
@@ -209,34 +328,25 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
                                    "val_fraction": cfg.val_fraction})
     config = {"classes": classes, "prompts": info["prompts"], "token_dim": info["token_dim"], "epochs": cfg.epochs,
               "batch_size": cfg.batch_size, "lr": cfg.lr, "a": cfg.a, "tau": cfg.tau_value(len(classes)),
-              "lambda_mil": cfg.lambda_mil, "lambda_unc": cfg.lambda_unc, "hidden": cfg.hidden,
-              "dropout": cfg.dropout, "seed": cfg.seed,
+              "lambda_mil": cfg.lambda_mil, "lambda_unc": cfg.lambda_unc, "seed": cfg.seed,
+              "head_args": {"in_dim": info["token_dim"], "num_classes": len(classes), "hidden": cfg.hidden,
+                            "dropout": cfg.dropout},
               "embeddings": {"fingerprint": info["fingerprint"], "models": info["models"]}}
-    trainer = TorchTrainer(
-        _train_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else {"CPU": 1}),
-        datasets={"train": ds},
-        run_config=RunConfig(storage_path=str((out / "ray").resolve()), name="usam"),
-    )
-    result = trainer.fit()
-    order = {"teacher": 0, "student": 1}
-    checkpoints = sorted(result.best_checkpoints or [], key=lambda cm: (order[cm[1]["phase"]], cm[1]["epoch"]))
-    history = [m for _c, m in checkpoints]
-    for phase in ("teacher", "student"):
-        phase_cps = [(c, m) for c, m in checkpoints if m["phase"] == phase]
-        if not phase_cps:
-            raise RuntimeError(f"training reported no {phase} checkpoint")
-        shutil.copy(Path(phase_cps[-1][0].path) / "head.pt", out / f"{phase}.pt")
-    students = [(c, m) for c, m in checkpoints if m["phase"] == "student"]
-    best = min(students, key=lambda cm: (np.nan_to_num(cm[1]["val_mil"], nan=np.inf), -cm[1]["epoch"]))
-    shutil.copy(Path(best[0].path) / "head.pt", out / "best.pt")
+    teacher_result, teacher_history = _fit_phase("teacher", config, ds, out, workers, use_gpu, log)
+    shutil.copy(Path(teacher_result.checkpoint.path) / "head.pt", out / "teacher.pt")
+    teacher_state = torch.load(out / "teacher.pt", map_location="cpu", weights_only=True)["state_dict"]
+    student_result, student_history = _fit_phase("student", {**config, "teacher_state": teacher_state}, ds, out,
+                                                 workers, use_gpu, log)
+    shutil.copy(Path(student_result.checkpoint.path) / "head.pt", out / "student.pt")
+    kept = student_result.best_checkpoints or [(student_result.checkpoint, student_result.metrics)]
+    best_ckpt, best = max(kept, key=lambda cm: (cm[1]["checkpoint_score"], cm[1]["epoch"]))
+    shutil.copy(Path(best_ckpt.path) / "head.pt", out / "best.pt")
+    history = teacher_history + student_history
     summary = {"classes": classes, "embeddings": config["embeddings"], "settings": cfg.model_dump(mode="json"),
-               "metrics": history, "best": {"epoch": best[1]["epoch"], "val_mil": best[1]["val_mil"]}}
+               "metrics": history, "best": {"epoch": best["epoch"], "val_mil": best["val_mil"]}}
     (out / "head.json").write_text(json.dumps(summary, indent=2, default=str))
-    for m in history:
-        log(f"train: {m['phase']:7s} epoch {m['epoch']}: loss {m['loss']:.4f} (mil {m['mil']:.4f}, unc {m['unc']:.4f}, "
-            f"bad {m['bad_fraction']:.2f}); val mil {m['val_mil']:.4f}, val bag acc {m['val_bag_accuracy']:.3f}")
+    log(f"train: best student epoch {best['epoch'] + 1}/{cfg.epochs} (val mil {best['val_mil']:.4f}); "
+        f"every epoch's metrics in {out / 'head.json'}")
     return summary
 
 
