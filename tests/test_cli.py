@@ -91,3 +91,69 @@ def test_run_refuses_bad_class_lists(tmp_path):
         cfg.write_text(f"out: {tmp_path / 'r'}\nclasses: {classes}\nimages: {tmp_path}\n")
         result = runner.invoke(app, ["run", str(cfg)])
         assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+
+
+def _main(args, capsys) -> tuple[int, str]:
+    """The console entry point (usage errors as one line), its exit code and stderr."""
+    from usam_ray.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["demo", "--per-class", "-5"], "--per-class: Input should be greater than or equal to 1 (got -5)"),
+    (["demo", "--scenes", "0"], "--scenes: Input should be greater than or equal to 1 (got 0)"),
+    (["demo", "--scenes", "many"], "Invalid value for '--scenes'"),
+    (["demo", "--set", "runtime.batch_sise=4"], "unknown setting 'runtime.batch_sise'; did you mean runtime.batch_size"),
+    (["embed", "--set", "sam.point_per_side=4"], "did you mean sam.points_per_side"),
+    (["embed", "--images", "x"], "embed needs --out"),
+    (["eval", "--labels", "x"], "eval needs --gt"),
+    (["synth", "--out", "x"], "Missing option '--classes'"),
+    (["label", "--head", "h", "--out", "o", "--format", "pdf"], "--format: Input should be 'coco-polygons'"),
+])
+def test_bad_arguments_are_one_line_naming_the_option_before_any_work(args, fragment, capsys, tmp_path):
+    code, err = _main(args + (["--out", str(tmp_path / "d")] if args[0] == "demo" else []), capsys)
+    assert code == 2 and fragment in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_demo_refuses_a_run_folder_with_other_scenes(tmp_path, capsys):
+    scenes = tmp_path / "toy-scenes"
+    scenes.mkdir(parents=True)
+    (scenes / "scenes.json").write_text('{"n": 60, "seed": 777}')
+    code, err = _main(["demo", "--out", str(tmp_path), "--scenes", "100"], capsys)
+    assert code == 2 and "holds 60 scenes" in err and "--scenes 60" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_marks_required_options_and_keeps_brackets(capsys):
+    result = runner.invoke(app, ["eval", "--help"])
+    assert "voc:ROOT[@split]" in result.output and "[required, here or in --config]" in result.output
+    label = runner.invoke(app, ["label", "--help"]).output
+    assert "<bool>" not in label and "--overlays " in label
+    synth = runner.invoke(app, ["synth", "--help"]).output
+    assert "--classes TEXT" in synth and "[required]" in synth and "--per-class N" in synth
+    code, out = _main(["--version"], capsys)
+    assert code == 0 and out.strip().startswith("usam-ray 0.")
+
+
+@pytest.mark.parametrize("kind", ["embed", "label", "train", "eval", "synth", "run", "demo"])
+def test_config_show_knows_every_command(kind):
+    result = runner.invoke(app, ["config", "show", kind])
+    assert result.exit_code == 0 and result.output.startswith(f"# usam-ray {kind} configuration")
+    import yaml
+
+    assert isinstance(yaml.safe_load(result.output), dict)
+    schema = json.loads(runner.invoke(app, ["config", "show", kind, "--schema"]).output)
+    assert schema["properties"]
+
+
+def test_config_show_reads_run_configs_and_their_overrides():
+    result = runner.invoke(app, ["config", "show", "-c", "configs/voc.yaml", "--set", "label.score_threshold=0.6"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# usam-ray run configuration") and "score_threshold: 0.6" in result.output
+    bad = runner.invoke(app, ["config", "show", "run", "-c", "configs/voc.yaml", "--set", "label.score=0.6"])
+    assert bad.exit_code == 2 and "did you mean label.score_threshold" in bad.output

@@ -71,8 +71,14 @@ def _main_options(
         os.environ["USAM_RAY_VERBOSE"] = "1"
 
 
+def _err(line: str) -> None:
+    """A line to the current ``sys.stderr`` (click's echo caches the original stream, which
+    ``native_stderr_to_file`` sends to a file)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    _err(f"error: {message}")
     raise typer.Exit(code)
 
 
@@ -155,7 +161,7 @@ def label(
     head: Optional[Path] = typer.Option(None, "--head", metavar="DIR",
                                         help=f"Head directory (RUN/head) or a .pt checkpoint. {REQUIRED}"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Labels directory (RUN/labels). {REQUIRED}"),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Expected classes (checked against the head)."),
+    classes: Optional[str] = typer.Option(None, "--classes", metavar="TEXT", help="Expected classes (checked against the head)."),
     overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs and overlays/index.html."),
     formats: Optional[List[str]] = typer.Option(
         None, "--format", metavar="FORMAT",
@@ -222,15 +228,15 @@ SYNTH_OPTIONS = {"classes": "--classes", "out": "--out", "synth.source": "--sour
 
 @app.command()
 def synth(
-    classes: str = typer.Option(..., "--classes", help='Classes, e.g. "person, bicycle, dog".'),
+    classes: str = typer.Option(..., "--classes", metavar="TEXT", help='Classes, e.g. "person, bicycle, dog".'),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the Parquet image shards (RUN/synth)."),
-    source: str = typer.Option("diffusion", help="diffusion or toy."),
-    per_class: int = typer.Option(200, "--per-class", help="Images per class."),
-    model: str = typer.Option("auto", help="Diffusion model (registry name, hub id or folder)."),
-    template: str = typer.Option("a photo of a {c}", help="Prompt template."),
-    steps: int = typer.Option(50, help="Sampling steps."),
-    size: int = typer.Option(512, help="Image side."),
-    seed: int = typer.Option(0, help="Base seed."),
+    source: str = typer.Option("diffusion", metavar="TEXT", help="diffusion or toy."),
+    per_class: int = typer.Option(200, "--per-class", metavar="N", help="Images per class."),
+    model: str = typer.Option("auto", metavar="TEXT", help="Diffusion model (registry name, hub id or folder)."),
+    template: str = typer.Option("a photo of a {c}", metavar="TEXT", help="Prompt template."),
+    steps: int = typer.Option(50, metavar="N", help="Sampling steps."),
+    size: int = typer.Option(512, metavar="N", help="Image side."),
+    seed: int = typer.Option(0, metavar="N", help="Base seed."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
     models: Optional[Path] = ModelsOpt,
@@ -279,8 +285,8 @@ def run(
 @app.command()
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help="Run directory [default: runs/demo]."),
-    scenes: Optional[int] = typer.Option(None, help="Toy scenes to label and score [default: 60]."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", help="Toy training images per class [default: 80]."),
+    scenes: Optional[int] = typer.Option(None, metavar="N", help="Toy scenes to label and score [default: 60]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", metavar="N", help="Toy training images per class [default: 80]."),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
@@ -319,7 +325,7 @@ def train_usam_cmd(
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e", metavar="DIR",
                                               help=f"Embed stage directory (RUN/train/embed). {REQUIRED}"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Head directory (RUN/head). {REQUIRED}"),
-    classes: Optional[str] = typer.Option(None, "--classes", help='Classes in order, e.g. "person, bicycle, dog".'),
+    classes: Optional[str] = typer.Option(None, "--classes", metavar="TEXT", help='Classes in order, e.g. "person, bicycle, dog".'),
     config: Optional[Path] = ConfigOpt,
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
@@ -398,7 +404,7 @@ def models_list(models: Optional[Path] = ModelsOpt) -> None:
 @models_app.command("tiny")
 def models_tiny(
     directory: Path = typer.Argument(..., help="Folder to write the tiny models into."),
-    seed: int = typer.Option(0, help="Random seed of the weights."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed of the weights."),
 ) -> None:
     """Write random tiny SAM, CLIP, DINOv2 and Stable Diffusion models in their real formats."""
     from .models.tiny import write_tiny_zoo
@@ -411,8 +417,8 @@ def models_tiny(
 @app.command()
 def samples(
     directory: Path = typer.Argument(..., help="Folder to write the images into."),
-    n: int = typer.Option(24, "--n", help="How many images."),
-    seed: int = typer.Option(0, help="Random seed."),
+    n: int = typer.Option(24, "--n", metavar="N", help="How many images."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed."),
 ) -> None:
     """Write a few procedural sample images (shapes on textured backgrounds) to try the pipeline on."""
     from .data.samples import write_sample_images
@@ -424,9 +430,9 @@ def samples(
 @toy_app.command("scenes")
 def toy_scenes(
     directory: Path = typer.Argument(..., help="Folder to write (images/, masks/, classes.txt, instances.json)."),
-    n: int = typer.Option(100, "--n", help="How many scenes."),
-    seed: int = typer.Option(0, help="Random seed (same seed, same scenes)."),
-    size: int = typer.Option(128, help="Image side in pixels."),
+    n: int = typer.Option(100, "--n", metavar="N", help="How many scenes."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed (same seed, same scenes)."),
+    size: int = typer.Option(128, metavar="N", help="Image side in pixels."),
 ) -> None:
     """Write multi-object toy scenes with ground truth that `usam-ray eval --gt folder:DIR` reads."""
     from .toyworld.scenes import write_scene_dataset
@@ -438,9 +444,9 @@ def toy_scenes(
 @toy_app.command("objects")
 def toy_objects(
     directory: Path = typer.Argument(..., help="Folder to write DIR/<class>/*.png into."),
-    per_class: int = typer.Option(20, "--per-class", help="Images per class."),
-    seed: int = typer.Option(0, help="Random seed."),
-    size: int = typer.Option(128, help="Image side in pixels."),
+    per_class: int = typer.Option(20, "--per-class", metavar="N", help="Images per class."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed."),
+    size: int = typer.Option(128, metavar="N", help="Image side in pixels."),
 ) -> None:
     """Write single-object toy images per class (the toy stand-in for "a photo of a {c}")."""
     from .toyworld.scenes import CLASSES, write_single_objects
@@ -451,7 +457,7 @@ def toy_objects(
 
 @toy_app.command("train-zoo")
 def toy_train_zoo(
-    out: Path = typer.Option(Path("toy-zoo"), "--out", "-o", help="Folder to write the trained models into."),
+    out: Path = typer.Option(Path("toy-zoo"), "--out", "-o", metavar="DIR", help="Folder to write the trained models into."),
     quick: bool = typer.Option(False, "--quick", help="Seconds instead of minutes (for trying the command)."),
 ) -> None:
     """Train the toy SAM, CLIP and DINOv2 on toy scenes (seeded) and print their quality figures.
@@ -469,7 +475,7 @@ def toy_train_zoo(
 def toy_check(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
     models: Optional[Path] = ModelsOpt,
-    scenes: int = typer.Option(200, help="Held-out scenes to measure on."),
+    scenes: int = typer.Option(200, metavar="N", help="Held-out scenes to measure on."),
 ) -> None:
     """Measure the toy models on freshly generated held-out scenes and print their quality."""
     from .models.registry import ModelNotFoundError, models_dir_from_env
@@ -525,19 +531,34 @@ def config_show(
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: usage errors (a bad option value, a missing argument) are one
     line naming the option, like every other error."""
-    import click
+    # typer >= 0.29 vendors click: find its exception base through typer's public BadParameter
+    import contextlib
 
+    from .progress import native_stderr_to_file
+
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    args = sys.argv[1:] if argv is None else list(argv)
+    verbose = any(a in ("--verbose", "-v") for a in args[:1])
+    # Ray's C++ core prints error-level lines straight to this process's stderr (fd 2); unless
+    # --verbose they go to a file, and usam-ray's own messages to the terminal
+    quiet = contextlib.nullcontext() if verbose or argv is not None else native_stderr_to_file()
+    with quiet:
+        return _run(args, click_error)
+
+
+def _run(args: List[str], click_error: type) -> int:
     try:
-        code = app(args=argv, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        typer.echo(exc.format_message(), err=True)
-        return 2
-    except click.ClickException as exc:
-        command = f" {exc.ctx.command_path}" if getattr(exc, "ctx", None) is not None else ""
-        typer.echo(f"error: {exc.format_message()} (see `{command.strip() or 'usam-ray'} --help`)", err=True)
+        code = app(args=args, standalone_mode=False)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `usam-ray` alone: the help
+            _err(exc.format_message())
+            return 2
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "usam-ray"
+        _err(f"error: {' '.join(exc.format_message().split())} (see `{where} --help`)")
         return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
+    except typer.Abort:
+        _err("aborted")
         return 130
     return code if isinstance(code, int) else 0
 

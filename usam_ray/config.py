@@ -224,7 +224,8 @@ def describe_errors(model: type[BaseModel], errors: list[dict], options: dict[st
             hint = f"; did you mean {' or '.join(near)}?" if near else ""
             parts.append(f"unknown setting {key!r}{hint} (`usam-ray config show` lists them)")
             continue
-        name = options.get(key, key)
+        base = ".".join(p for p in key.split(".") if not p.isdigit())  # export.formats.0 → export.formats
+        name = options.get(key) or options.get(base) or key
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         parts.append(f"{name}: {err.get('msg', 'invalid')}{shown}")

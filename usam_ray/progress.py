@@ -12,11 +12,54 @@ completed for that long (a stall is visible), and one final line.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterator, Optional, TextIO
+
+
+@contextlib.contextmanager
+def native_stderr_to_file(path: Optional[str] = None) -> Iterator[Optional[str]]:
+    """Send what native code writes to file descriptor 2 (Ray's C++ core logs its errors there) to
+    a file, while ``sys.stderr`` (usam-ray's messages, warnings, tracebacks) keeps writing to the
+    terminal. Restored on exit, also when an exception leaves the block.
+
+    Args:
+        path (str | None): the file (default: ``$TMPDIR/usam-ray-<pid>-native.log``); its path is
+            put in ``$USAM_RAY_NATIVE_LOG`` for the "logs are in …" line.
+
+    Yields:
+        the file's path, or None when stderr has no file descriptor (nothing redirected).
+    """
+    try:
+        sys.stderr.flush()
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (embedded, captured)
+        yield None
+        return
+    path = path or os.path.join(tempfile.gettempdir(), f"usam-ray-{os.getpid()}-native.log")
+    saved = os.dup(fd)
+    old_stderr = sys.stderr
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), fd)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+    os.environ["USAM_RAY_NATIVE_LOG"] = path
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        os.dup2(saved, fd)
+        os.close(saved)
+        sys.stderr = old_stderr
+        os.environ.pop("USAM_RAY_NATIVE_LOG", None)
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.remove(path)
 
 
 class Terminal:
@@ -28,10 +71,16 @@ class Terminal:
     """
 
     def __init__(self, stream: Optional[TextIO] = None, live: Optional[bool] = None) -> None:
-        self.stream = stream or sys.stderr
+        self._stream = stream
         self.is_live = bool(self.stream.isatty()) if live is None else live
         self._shown = False
         self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream given, else the current ``sys.stderr`` (looked up on every write, so that
+        ``native_stderr_to_file`` can swap it)."""
+        return self._stream or sys.stderr
 
     def __call__(self, line: str) -> None:
         """Print ``line`` for good (the live line, if any, is cleared first and redrawn by its owner)."""

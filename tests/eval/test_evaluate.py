@@ -149,3 +149,42 @@ def test_instance_shards_are_read_like_the_results_json(tmp_path, ray_session):
     assert from_shards["instances"]["map50"] == pytest.approx(from_json["instances"]["map50"])
     assert from_shards["instances"]["predictions"] == len(rows)
     assert from_shards["instances"]["source"].endswith("instances")
+
+
+def test_both_sides_of_a_mismatch_are_reported_and_the_report_goes_beside_the_labels(tmp_path, ray_session):
+    """Scoring against the wrong ground truth must say so: predictions without ground truth and
+    ground truth without predictions both appear in the printed table, the JSON and the markdown."""
+    from usam_ray.eval.report import headline, markdown
+
+    gt, labels = _coco_with_predictions(tmp_path, n=6, drop=("im001",))
+    for extra in ("other_a", "other_b"):
+        save_label(np.zeros((8, 8), np.uint8), labels / "semantic" / f"{extra}.png")
+    (labels.parent / "run.json").write_text("{}")  # a run directory: the report goes to RUN/eval
+    lines = []
+    report = run_eval(load_config(EvalConfig, None, [f"labels={labels}", f"gt=coco:{tmp_path / 'gt' / 'ann.json'}"]),
+                      log=lines.append)
+    assert report["written"]["json"] == str(labels.parent / "eval" / "report.json")
+    table = headline(report)
+    assert "ground truth without prediction   1" in table and "predictions without ground truth  2" in table
+    assert report["predictions_without_ground_truth"] == ["other_a", "other_b"]
+    assert any("2 predicted images have no ground truth" in line for line in lines)
+    md = markdown(report)
+    assert "Predicted images without ground truth (not scored): 2" in md and "- other_b" in md
+    assert "Ground-truth images without a prediction (counted as background): 1" in md
+    # footnotes only for marks that a row uses
+    assert ("IoU is —" in md) == any(v is None for v in report["semantic"]["per_class_iou"].values())
+    assert "Methods compared" not in md
+    report["comparison"] = {"U-SAM": {"miou": 0.4, "miou_no_background": 0.3, "map50": 0.25},
+                            "all background": {"miou": 0.1, "miou_no_background": 0.0, "map50": None}}
+    md = markdown(report)
+    assert "| U-SAM | 40.00 | 30.00 | 25.00 |" in md and "| all background | 10.00 | 0.00 | — |" in md
+
+
+def test_default_report_folder_is_never_a_parents_eval(tmp_path):
+    from usam_ray.eval.evaluate import default_out
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")
+    assert default_out(tmp_path / "run" / "labels") == tmp_path / "run" / "eval"
+    assert default_out(tmp_path / "mine") == tmp_path / "mine-eval"
+    assert default_out(tmp_path / "run" / "labels-t06") == tmp_path / "run" / "labels-t06-eval"

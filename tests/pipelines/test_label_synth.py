@@ -54,6 +54,34 @@ def test_from_embeddings_gives_the_same_labels_as_the_full_run(tmp_path, zoo, ra
     assert third.images == 0 and third.shards_done_before == len(list_shards(tmp_path / "run" / "embed"))
 
 
+def test_label_writes_a_coco_dataset_and_the_exports_tools_import(tmp_path, zoo, ray_session):
+    from pycocotools.coco import COCO
+
+    from usam_ray.config import ExportSection
+    from usam_ray.pipelines.label_outputs import export_labels
+
+    files = write_images(tmp_path / "imgs", 4, bad=False)
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", resolve("sam:tiny", zoo).fingerprint())
+    labels = tmp_path / "run" / "labels"
+    summary = run_label(load_config(LabelConfig, None, [
+        f"images={tmp_path / 'imgs'}", f"out={labels}", f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}",
+        "sam.points_per_side=4", "label.score_threshold=0.3", "label.min_area=1", "export.formats=[coco-polygons]"]),
+        log=lambda _l: None)
+    assert summary.exports == ["coco_dataset_polygons.json"] and summary.instances_total > 0
+    dataset = COCO(str(labels / "coco_dataset.json"))
+    assert sorted(im["file_name"] for im in dataset.dataset["images"]) == sorted(files["ok"])
+    assert [im["id"] for im in dataset.dataset["images"]] == [1, 2, 3, 4]
+    dets = dataset.loadRes(str(labels / "coco_results.json"))
+    assert len(dets.getAnnIds()) == summary.instances_total
+    polygons = COCO(str(labels / "coco_dataset_polygons.json"))
+    assert len(polygons.getAnnIds()) + polygons.dataset["info"]["dropped_annotations"] == summary.instances_total
+    written = export_labels(labels, ExportSection(formats=["label-studio"]))
+    assert [p.name for p in written] == ["label_studio_tasks.json", "label_studio_config.xml"]
+    tasks = json.loads(written[0].read_text())
+    assert len(tasks) == 4 and sum(len(t["predictions"][0]["result"]) for t in tasks) == summary.instances_total
+
+
 def test_head_of_another_sam_is_refused_naming_both(tmp_path, zoo, ray_session):
     write_images(tmp_path / "imgs", 1, bad=False)
     (tmp_path / "head").mkdir()

@@ -83,3 +83,30 @@ def test_class_list_checks(tmp_path):
     _write_embeddings(tmp_path / "b", rng, np.zeros((3, T)), n=10, shard=10, labels=False)
     with pytest.raises(TrainDataError, match="no labels"):
         class_list(tmp_path / "b" / "embed", None)
+
+
+def test_training_is_reproducible_whatever_the_shard_layout_and_keeps_two_checkpoints(tmp_path, ray_session):
+    """The same embeddings in other shards (another run's write order) train the same heads: bags
+    are ordered by image id and each epoch's order comes from the seed. Ray Train keeps the best
+    and the last checkpoint of each phase, not one per epoch."""
+    centres = np.random.default_rng(5).normal(0, 1, (len(CLASSES), T)) * 2.5
+    heads = []
+    for run, shard in (("a", 60), ("b", 37)):
+        _write_embeddings(tmp_path / run, np.random.default_rng(3), centres, n=120, shard=shard)
+        cfg = load_config(TrainUsamConfig, None, [f"embeddings={tmp_path / run / 'embed'}",
+                                                  f"out={tmp_path / run / 'head'}", "epochs=4", "batch_size=16",
+                                                  "a=5", "hidden=32", "dropout=0.2"])
+        lines = []
+        summary = train_usam(cfg, log=lines.append)
+        heads.append({n: load_head(tmp_path / run / "head" / f"{n}.pt")[1] for n in ("teacher", "student", "best")})
+        assert any(line.startswith("train teacher: 4/4 epochs") for line in lines)
+        assert any(line.startswith("train student: 4/4 epochs") for line in lines)
+        for phase in ("teacher", "student"):
+            kept = list((tmp_path / run / "head" / "ray" / phase).glob("checkpoint_*"))
+            assert 1 <= len(kept) <= 2, kept
+        assert [m["epoch"] for m in summary["metrics"]] == [0, 1, 2, 3] * 2
+    for name in ("teacher", "student", "best"):
+        a, b = heads[0][name], heads[1][name]
+        assert a["epoch"] == b["epoch"]
+        for key in a["state_dict"]:
+            torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=1e-6)

@@ -135,7 +135,7 @@ def render_overlay(image: np.ndarray, label_map: np.ndarray, class_names: Sequen
         draw.rectangle([tx, ty, tx + x1 - x0 + 4, ty + y1 + 3], fill=fill, outline=(20, 20, 20))
         ink = (0, 0, 0) if 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 140 else (255, 255, 255)
         draw.text((tx + 2, ty + 1), text, fill=ink, font=font)
-    present = [int(c) for c in np.unique(labels) if c not in (0, IGNORE)]
+    present = sorted({int(c) for c in np.unique(labels) if c not in (0, IGNORE)} | {c for _m, c, _s in shapes})
     return _frame(np.asarray(canvas), title, [(name(c), tuple(int(v) for v in lut[c])) for c in present], font)
 
 

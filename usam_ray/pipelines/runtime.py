@@ -118,8 +118,9 @@ def init_ray(address: Optional[str] = None, log: Optional[Callable[[str], None]]
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
             ray.init(address="local", include_dashboard=False, **kwargs)
         if log is not None and not verbose:
+            native = os.environ.get("USAM_RAY_NATIVE_LOG")
             log(f"ray: {'joined ' + target if target else 'started a private instance'}; its logs are in "
-                f"{_session_logs()} (--verbose shows them here)")
+                f"{_session_logs()}{' and ' + native if native else ''} (--verbose shows them here)")
     if not verbose:
         quiet_ray_logs()
     res = ray.cluster_resources()
