@@ -204,7 +204,8 @@ class Progress:
             first_line = self._first is not None and self._last_line == self.start
             if self._live:
                 self.log.live(self.text())  # type: ignore[attr-defined]
-            elif first_line or now - self._last_line >= self.every_s:
+            elif self.done < self.total and (first_line or now - self._last_line >= self.every_s):
+                # (when all is done, the final line from ``close`` says it)
                 self._last_line = now
                 self.log(self.text())
 
