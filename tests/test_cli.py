@@ -111,6 +111,7 @@ def _main(args, capsys) -> tuple[int, str]:
     (["embed", "--images", "x"], "embed needs --out"),
     (["eval", "--labels", "x"], "eval needs --gt"),
     (["synth", "--out", "x"], "Missing option '--classes'"),
+    (["toy", "scenes", "x", "--n", "0"], "Invalid value for '--n'"),
     (["label", "--head", "h", "--out", "o", "--format", "pdf"], "--format: Input should be 'coco-polygons'"),
 ])
 def test_bad_arguments_are_one_line_naming_the_option_before_any_work(args, fragment, capsys, tmp_path):

@@ -417,7 +417,7 @@ def models_tiny(
 @app.command()
 def samples(
     directory: Path = typer.Argument(..., help="Folder to write the images into."),
-    n: int = typer.Option(24, "--n", metavar="N", help="How many images."),
+    n: int = typer.Option(24, "--n", metavar="N", min=1, help="How many images."),
     seed: int = typer.Option(0, metavar="N", help="Random seed."),
 ) -> None:
     """Write a few procedural sample images (shapes on textured backgrounds) to try the pipeline on."""
@@ -430,9 +430,9 @@ def samples(
 @toy_app.command("scenes")
 def toy_scenes(
     directory: Path = typer.Argument(..., help="Folder to write (images/, masks/, classes.txt, instances.json)."),
-    n: int = typer.Option(100, "--n", metavar="N", help="How many scenes."),
+    n: int = typer.Option(100, "--n", metavar="N", min=1, help="How many scenes."),
     seed: int = typer.Option(0, metavar="N", help="Random seed (same seed, same scenes)."),
-    size: int = typer.Option(128, metavar="N", help="Image side in pixels."),
+    size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write multi-object toy scenes with ground truth that `usam-ray eval --gt folder:DIR` reads."""
     from .toyworld.scenes import write_scene_dataset
@@ -444,9 +444,9 @@ def toy_scenes(
 @toy_app.command("objects")
 def toy_objects(
     directory: Path = typer.Argument(..., help="Folder to write DIR/<class>/*.png into."),
-    per_class: int = typer.Option(20, "--per-class", metavar="N", help="Images per class."),
+    per_class: int = typer.Option(20, "--per-class", metavar="N", min=1, help="Images per class."),
     seed: int = typer.Option(0, metavar="N", help="Random seed."),
-    size: int = typer.Option(128, metavar="N", help="Image side in pixels."),
+    size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write single-object toy images per class (the toy stand-in for "a photo of a {c}")."""
     from .toyworld.scenes import CLASSES, write_single_objects
@@ -475,7 +475,7 @@ def toy_train_zoo(
 def toy_check(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
     models: Optional[Path] = ModelsOpt,
-    scenes: int = typer.Option(200, metavar="N", help="Held-out scenes to measure on."),
+    scenes: int = typer.Option(200, metavar="N", min=1, help="Held-out scenes to measure on."),
 ) -> None:
     """Measure the toy models on freshly generated held-out scenes and print their quality."""
     from .models.registry import ModelNotFoundError, models_dir_from_env

@@ -110,7 +110,7 @@ def coco_dataset(images: Sequence[dict], instances: Sequence[dict], classes: Seq
         rle = {"size": [int(row["height"]), int(row["width"])], "counts": bytes(row["counts"])}
         ann = {"id": len(annotations) + 1, "image_id": ids[row["image_id"]], "category_id": int(row["class_id"]),
                "bbox": [round(v, 2) for v in xyxy_to_xywh(row["box"])], "area": int(mask_utils.area(rle)),
-               "iscrowd": 0, "score": round(float(row["score"]), 5), "provenance": row.get("provenance", "")}
+               "iscrowd": 0, "score": float(row["score"]), "provenance": row.get("provenance", "")}
         if segmentation == "rle":
             ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         else:
@@ -129,7 +129,8 @@ def coco_dataset(images: Sequence[dict], instances: Sequence[dict], classes: Seq
 
 
 def coco_results(dataset: dict) -> list[dict]:
-    """The dataset's annotations as a COCO results list (same image and category ids)."""
+    """The dataset's annotations as a COCO results list (same image and category ids). Scores are
+    kept at full precision: rounding them reorders ties and moves COCOeval's AP."""
     return [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
              "bbox": a["bbox"], "score": a["score"]} for a in dataset["annotations"]]
 

@@ -97,7 +97,7 @@ def label_studio_tasks(images: Sequence[dict], instances: Sequence[dict], classe
                 "original_width": int(row["width"]), "original_height": int(row["height"]), "image_rotation": 0,
                 "value": {"format": "rle", "rle": brush_rle(mask.astype(bool)),
                           "brushlabels": [classes[int(row["class_id"]) - 1]]},
-                "score": round(float(row["score"]), 5),
+                "score": float(row["score"]),
             })
         score = float(np.mean([r["score"] for r in result])) if result else 0.0
         tasks.append({"data": {"image": task_image_url(url_template, im["file_name"]), "usam_ray_key": im["image_id"]},
