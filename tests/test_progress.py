@@ -59,3 +59,22 @@ def test_waiting_line_when_nothing_finishes():
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (0, 12.4, 75, 3725)] == ["0s", "12s", "1m15s", "1h02m"]
+
+
+def test_native_stderr_goes_to_a_file_and_python_stderr_to_the_terminal(tmp_path):
+    """What Ray's C++ core writes to fd 2 lands in a file; usam-ray's lines still reach stderr."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "native.log"
+    code = (
+        "import os, sys\n"
+        "from usam_ray.progress import native_stderr_to_file\n"
+        f"with native_stderr_to_file({str(log)!r}):\n"
+        "    os.write(2, b'[E core_worker.cc] native noise\\n')\n"
+        "    print('usam-ray line', file=sys.stderr)\n"
+        "os.write(2, b'after the block\\n')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines() == ["usam-ray line", "after the block"]
+    assert log.read_text() == "[E core_worker.cc] native noise\n"

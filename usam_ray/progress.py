@@ -29,8 +29,9 @@ def native_stderr_to_file(path: Optional[str] = None) -> Iterator[Optional[str]]
     terminal. Restored on exit, also when an exception leaves the block.
 
     Args:
-        path (str | None): the file (default: ``$TMPDIR/usam-ray-<pid>-native.log``); its path is
-            put in ``$USAM_RAY_NATIVE_LOG`` for the "logs are in …" line.
+        path (str | None): the file (default: ``$TMPDIR/usam-ray-<pid>-native.log``); removed
+            when empty, else moved into the Ray session's log folder when ``init_ray`` named one
+            (``$USAM_RAY_SESSION_LOGS``).
 
     Yields:
         the file's path, or None when stderr has no file descriptor (nothing redirected).
@@ -48,7 +49,6 @@ def native_stderr_to_file(path: Optional[str] = None) -> Iterator[Optional[str]]
         os.dup2(sink.fileno(), fd)
     sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None) or "utf-8",
                            errors="backslashreplace")
-    os.environ["USAM_RAY_NATIVE_LOG"] = path
     try:
         yield path
     finally:
@@ -57,9 +57,10 @@ def native_stderr_to_file(path: Optional[str] = None) -> Iterator[Optional[str]]
         os.dup2(saved, fd)
         os.close(saved)
         sys.stderr = old_stderr
-        os.environ.pop("USAM_RAY_NATIVE_LOG", None)
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             os.remove(path)
+        elif os.path.isdir(os.environ.get("USAM_RAY_SESSION_LOGS", "")):  # beside Ray's other logs
+            shutil.move(path, os.path.join(os.environ["USAM_RAY_SESSION_LOGS"], f"usam-ray-{os.getpid()}-native.log"))
 
 
 class Terminal:

@@ -59,13 +59,13 @@ def overlay_bytes(image_path: str, label_map: np.ndarray, classes: list[str], in
         inst (MaskSet): the image's instances (RLE masks, 0-based class ids, scores).
     """
     from ..data.overlay import png, read_rgb, render_overlay
-    from ..masks import rle_to_mask
+    from ..masks import rles_to_masks
 
     image = read_rgb(image_path)
     if image is None or image.shape[:2] != label_map.shape:
         return None
-    shapes = [(rle_to_mask(rle).astype(bool), int(c) + 1, float(sc))
-              for rle, c, sc in zip(inst.masks, inst.class_ids, inst.scores)]
+    masks = rles_to_masks(list(inst.masks), label_map.shape)  # (N, H, W) bool
+    shapes = [(m, int(c) + 1, float(sc)) for m, c, sc in zip(masks, inst.class_ids, inst.scores)]
     return png(render_overlay(image, label_map, ["background", *classes], shapes))
 
 

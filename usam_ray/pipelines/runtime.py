@@ -117,10 +117,12 @@ def init_ray(address: Optional[str] = None, log: Optional[Callable[[str], None]]
             # waits for it: at the default 2 s, the demo's 50 epoch reports cost 100 s.
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
             ray.init(address="local", include_dashboard=False, **kwargs)
+        logs = _session_logs()
+        if os.path.isdir(logs):  # where the CLI moves Ray's native error lines when it ends
+            os.environ["USAM_RAY_SESSION_LOGS"] = logs
         if log is not None and not verbose:
-            native = os.environ.get("USAM_RAY_NATIVE_LOG")
             log(f"ray: {'joined ' + target if target else 'started a private instance'}; its logs are in "
-                f"{_session_logs()}{' and ' + native if native else ''} (--verbose shows them here)")
+                f"{logs} (--verbose shows them here)")
     if not verbose:
         quiet_ray_logs()
     res = ray.cluster_resources()
