@@ -178,7 +178,7 @@ def main() -> None:
     from usam_ray.models.sam import load_sam
     from usam_ray.models.sam_fast import resolve_precision
     from usam_ray.models.tiny import write_random_full_size, write_tiny_zoo
-    from usam_ray.pipelines.runtime import init_ray
+    from usam_ray.runtime import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="usam-bench-"))
     zoo = args.models or work / "zoo"

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from usam_ray.eval.evaluate import evaluate_local, evaluate_parallel, prepare
-    from usam_ray.pipelines.runtime import init_ray
+    from usam_ray.runtime import init_ray
 
     root = Path(tempfile.mkdtemp(prefix="usam-bench-eval-"))
     t = time.perf_counter()

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from usam_ray.config import DemoConfig
-    from usam_ray.pipelines.run import comparison_table, run_demo
+    from usam_ray.workflows import comparison_table, run_demo
 
     out = args.out or Path(tempfile.mkdtemp(prefix="usam-ablation-"))
     result = run_demo(DemoConfig(out=out, scenes=args.scenes, per_class=args.per_class), log=lambda _l: None)

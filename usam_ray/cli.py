@@ -188,7 +188,7 @@ def label(
         _require(cfg, {"head": "--head", "out": "--out"}, "label")
         if cfg.images is None and cfg.embeddings is None:
             _fail("label needs --images or --from-embeddings")
-        from .pipelines.label import HeadMismatchError, run_label
+        from .pipelines.label import run_label
 
         summary = run_label(cfg, log=term, classes=names)
     except _user_errors() as exc:
@@ -273,7 +273,7 @@ def run(
         cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}),
                           options={"out": "--out", "runtime.models_dir": "--models"})
         _require(cfg, {"out": "out", "classes": "classes", "images": "images"}, "run")
-        from .pipelines.run import check_run, run_pipeline
+        from .workflows import check_run, run_pipeline
 
         check_run(cfg)
         result = run_pipeline(cfg, log=term)
@@ -296,7 +296,7 @@ def demo(
     try:
         cfg = load_config(DemoConfig, config, _overrides(sets, out=out, scenes=scenes, per_class=per_class),
                           options={"out": "--out", "scenes": "--scenes", "per_class": "--per-class"})
-        from .pipelines.run import check_demo, run_demo
+        from .workflows import check_demo, run_demo
 
         check_demo(cfg)
         result = run_demo(cfg, log=term)
@@ -307,7 +307,7 @@ def demo(
 
 def _print_run(result: dict, out) -> None:
     from .eval.report import headline
-    from .pipelines.run import comparison_table
+    from .workflows import comparison_table
 
     if result.get("eval"):
         typer.echo(headline(result["eval"]))
@@ -435,7 +435,7 @@ def toy_scenes(
     size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write multi-object toy scenes with ground truth that `usam-ray eval --gt folder:DIR` reads."""
-    from .toyworld.scenes import write_scene_dataset
+    from .data.toyscenes import write_scene_dataset
 
     write_scene_dataset(directory, n, seed, size)
     typer.echo(f"wrote {n} scenes to {directory} (ground truth: folder:{directory})")
@@ -449,7 +449,7 @@ def toy_objects(
     size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write single-object toy images per class (the toy stand-in for "a photo of a {c}")."""
-    from .toyworld.scenes import CLASSES, write_single_objects
+    from .data.toyscenes import CLASSES, write_single_objects
 
     write_single_objects(directory, per_class, seed, size)
     typer.echo(f"wrote {per_class} images for each of {', '.join(CLASSES)} to {directory} (source classes:{directory})")

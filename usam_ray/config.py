@@ -292,8 +292,9 @@ class TrainUsamConfig(_Section):
         return self.tau if self.tau is not None else 0.5 * math.log(max(num_classes, 2))
 
 
-class LabelSettingsConfig(_Section):
-    """Thresholds that turn per-mask class probabilities into labels."""
+class LabelSettings(_Section):
+    """Thresholds that turn per-mask class probabilities into labels (``methods/usam.py``
+    ``select_instances`` takes this section)."""
 
     score_threshold: float = Field(0.5, ge=0, le=1, description="Keep a mask when its top class probability ≥ this.")
     nms_iou: float = Field(0.5, gt=0, le=1, description="Class-agnostic mask NMS IoU threshold.")
@@ -328,7 +329,7 @@ class LabelConfig(_Section):
     out: Optional[Path] = Field(None, description="Labels directory (RUN/labels).")
     overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
     export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
-    label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Thresholds.")
+    label: LabelSettings = Field(default_factory=LabelSettings, description="Thresholds.")
     sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (when labelling images).")
     data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
@@ -361,7 +362,7 @@ class RunConfig(_Section):
     sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (training and labelling).")
     data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
     train: TrainUsamConfig = Field(default_factory=TrainUsamConfig, description="Head training (paths filled in).")
-    label: LabelSettingsConfig = Field(default_factory=LabelSettingsConfig, description="Labelling thresholds.")
+    label: LabelSettings = Field(default_factory=LabelSettings, description="Labelling thresholds.")
     checkpoint: Literal["best", "student", "teacher"] = Field("best", description="Head used for the labels.")
     overlays: bool = Field(True, description="Write overlay PNGs next to the labels.")
     export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
@@ -380,7 +381,7 @@ class SynthConfig(_Section):
 
 
 class DemoConfig(_Section):
-    """`usam-ray demo`: the whole job on the toy world (see ``pipelines/run.py`` demo_config)."""
+    """`usam-ray demo`: the whole job on the toy world (see ``workflows.py`` demo_config)."""
 
     out: Path = Field(Path("runs/demo"), description="Run directory.")
     scenes: int = Field(60, ge=1, le=100_000, description="Held-out toy scenes to label and score.")

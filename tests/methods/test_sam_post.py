@@ -7,7 +7,7 @@ from pycocotools import mask as mask_utils
 
 from usam_ray.masks import masks_to_boxes
 from usam_ray.methods.sam_post import chunk_size, mask_boxes, rle_encode, run_lengths, stability_scores
-from usam_ray.toyworld.scenes import scene
+from usam_ray.data.toyscenes import scene
 
 
 def _coco(masks: np.ndarray) -> list[dict]:

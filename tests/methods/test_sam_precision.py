@@ -14,7 +14,7 @@ from usam_ray.methods.sam_embed import EmbedSettings, SamMaskEmbedder
 from usam_ray.models import resolve
 from usam_ray.models.sam import load_sam
 from usam_ray.models.sam_fast import precision_name, resolve_precision
-from usam_ray.toyworld.scenes import scene
+from usam_ray.data.toyscenes import scene
 
 MEAN_MASK_IOU_FLOOR = 0.95
 TOKEN_COSINE_MEAN_FLOOR = 0.999

@@ -9,7 +9,8 @@ from usam_ray.config import TrainUsamConfig, load_config
 from usam_ray.data.schema import embeddings_table, shard_metadata
 from usam_ray.data.shards import write_shard
 from usam_ray.masks import mask_to_rle
-from usam_ray.train.usam import TrainDataError, class_list, load_head, train_usam
+from usam_ray.heads.checkpoint import load_head
+from usam_ray.train.usam import TrainDataError, class_list, train_usam
 
 pytestmark = pytest.mark.slow
 CLASSES = ["circle", "ring", "star"]

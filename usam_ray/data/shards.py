@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schema import META_FINGERPRINT
+from .schema import META_FINGERPRINT, META_KIND, META_MODELS
 
 MANIFEST = "run.json"
 TMP_PREFIX = ".tmp-"
@@ -79,11 +80,37 @@ def remove_temp_files(directory: Path) -> int:
     return len(stale)
 
 
+@dataclass(frozen=True)
+class ShardMeta:
+    """What a shard's footer says (``data/schema.py`` ``shard_metadata`` writes it).
+
+    Attributes:
+        kind (str | None): ``embeddings``, ``instances``, … (None: not written by usam-ray).
+        fingerprint (str | None): the configuration fingerprint of the stage that wrote it.
+        models (dict[str, str]): registry name → weights fingerprint of the models used.
+        schema (pa.Schema): the Arrow schema (column types, e.g. the token width).
+    """
+
+    kind: Optional[str]
+    fingerprint: Optional[str]
+    models: dict[str, str]
+    schema: pa.Schema
+
+
+def read_shard_meta(path: Path) -> ShardMeta:
+    """The one reader of shard footers: kind, fingerprint, models and schema of ``path``."""
+    schema = pq.read_schema(path)
+    meta = schema.metadata or {}
+
+    def text(key: bytes) -> Optional[str]:
+        return meta[key].decode() if key in meta else None
+
+    return ShardMeta(text(META_KIND), text(META_FINGERPRINT), json.loads(meta.get(META_MODELS, b"{}")), schema)
+
+
 def shard_fingerprint(path: Path) -> Optional[str]:
     """The ``usam_ray.fingerprint`` in a shard's footer (None if absent)."""
-    meta = pq.read_schema(path).metadata or {}
-    value = meta.get(META_FINGERPRINT)
-    return value.decode() if value is not None else None
+    return read_shard_meta(path).fingerprint
 
 
 def check_fingerprints(directories: Iterable[Path], fingerprint: str, stage: str) -> None:

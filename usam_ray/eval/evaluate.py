@@ -124,7 +124,7 @@ def evaluate_parallel(inputs: EvalInputs, shard_size: int = 64, address: Optiona
     """
     import ray
 
-    from ..pipelines.runtime import init_ray
+    from ..runtime import init_ray
 
     resources = init_ray(address)
     task = ray.remote(num_cpus=1)(evaluate_shard)

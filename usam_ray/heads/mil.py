@@ -7,8 +7,6 @@ multi-hot {0, 1} image labels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -104,8 +102,3 @@ def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, val
     l_unc = uncertainty_loss(student_logits, bad)
     frac = float(bad.sum()) / max(1, int(valid.sum()))
     return lambda_mil * l_mil + lambda_unc * l_unc, {"mil": l_mil.item(), "unc": l_unc.item(), "bad_fraction": frac}
-
-
-def default_tau(num_classes: int) -> float:
-    """A default entropy threshold: half the maximum entropy log C."""
-    return 0.5 * math.log(num_classes)

@@ -3,30 +3,11 @@ instances and a semantic map. Pure numpy/torch, no Ray."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..config import LabelSettings
 from ..masks import mask_nms, rle_areas, rles_to_masks
 from ..types import MaskSet
-
-
-@dataclass(frozen=True)
-class LabelSettings:
-    """How per-mask class probabilities become labels.
-
-    Attributes:
-        score_threshold (float): a mask is kept when its top class probability is at least this.
-        nms_iou (float): class-agnostic mask NMS: a mask overlapping a higher-scored kept mask by
-            more than this IoU is dropped.
-        min_iou_pred (float): masks whose SAM predicted IoU is below this are dropped first.
-        min_area (int): masks with fewer pixels are dropped.
-    """
-
-    score_threshold: float = 0.5
-    nms_iou: float = 0.5
-    min_iou_pred: float = 0.0
-    min_area: int = 16
 
 
 def select_instances(masks: MaskSet, probs: np.ndarray, settings: LabelSettings) -> MaskSet:

@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .registry import ModelSpec, ResolvedModel
+from .registry import SAM_MEAN, SAM_STD, ModelSpec, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used (unreadable, wrong format, wrong architecture)."""
 
 
-def build_sam(arch: dict[str, Any]):
+def token_dim(arch: dict[str, Any]) -> int:
+    """Floats in one mask-token embedding: SAM's 4 mask tokens (3 multimask outputs + 1) × the
+    decoder width ``prompt_embed_dim`` (1024 for the official SAMs)."""
+    return 4 * int(arch["prompt_embed_dim"])
+
+
+def build_sam(arch: dict[str, Any], mean: tuple[float, float, float] = SAM_MEAN,
+              std: tuple[float, float, float] = SAM_STD):
     """Build an untrained ``segment_anything.modeling.Sam`` from an architecture dict.
 
     Args:
@@ -30,6 +37,7 @@ def build_sam(arch: dict[str, Any]):
             ``embed_dim``/``depth``/``num_heads``/``window_size`` (int) of the ViT encoder,
             ``global_attn_indexes`` (list[int]), ``prompt_embed_dim`` (int) = decoder width,
             ``decoder_depth``/``decoder_mlp_dim``/``decoder_heads`` (int), ``iou_head_hidden_dim`` (int).
+        mean, std (tuple[float, float, float]): pixel normalisation in 0…255 (the spec's).
 
     Returns:
         segment_anything.modeling.Sam in eval mode, on CPU.
@@ -60,8 +68,8 @@ def build_sam(arch: dict[str, Any]):
             ),
             transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=arch["iou_head_hidden_dim"],
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(mean),
+        pixel_std=list(std),
     )
     return sam.eval()
 
@@ -100,7 +108,7 @@ def load_sam(resolved: ResolvedModel, strict: bool = True):
     import torch
 
     arch = arch_for(resolved)
-    sam = build_sam(arch)
+    sam = build_sam(arch, resolved.spec.mean, resolved.spec.std)
     path = Path(resolved.location)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -26,9 +26,9 @@ from ..data.shards import (
 from ..data.sources import Listing, list_source, parse_source
 from ..methods.sam_embed import EmbedSettings
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
-from ..models.sam import spec_with_arch
+from ..models.sam import spec_with_arch, token_dim
 from ..progress import Progress
-from .runtime import init_ray, plan_model_pool, quiet_ray_data
+from ..runtime import init_ray, plan_model_pool, quiet_ray_data
 from .stages import SamEmbedStage, read_decode_batch, write_errors, write_shard_batch
 
 STAGE = "embed"
@@ -99,8 +99,7 @@ def plan_embed(cfg: EmbedConfig) -> EmbedPlan:
             shard.unlink()
     done = set(read_column(stage_dir, "image_id")) | set(read_column(errors_dir, "image_id"))
     listing = list_source(source, cfg.data, done, rows_per_unit=cfg.runtime.batch_size)
-    token_dim = 4 * int(sam.spec.arch["prompt_embed_dim"])  # SAM's 4 mask tokens × decoder width
-    return EmbedPlan(cfg, stage_dir, sam, fingerprint, {sam.spec.name: sam_fp}, token_dim, listing,
+    return EmbedPlan(cfg, stage_dir, sam, fingerprint, {sam.spec.name: sam_fp}, token_dim(sam.spec.arch), listing,
                      listing.total - listing.pending)
 
 

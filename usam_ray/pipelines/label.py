@@ -11,7 +11,6 @@ shards whose instance shard exists. At the end the instance shards are merged in
 from __future__ import annotations
 
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..config import EmbedConfig, LabelConfig, stable_hash
+from ..config import EmbedConfig, LabelConfig, LabelSettings, stable_hash
 from ..data.groundtruth import image_key
-from ..data.schema import INSTANCES_SCHEMA, LABELLED_IMAGES_SCHEMA, META_MODELS, shard_metadata
+from ..data.schema import INSTANCES_SCHEMA, LABELLED_IMAGES_SCHEMA, shard_metadata
 from ..data.shards import (
-    atomic_write_bytes, check_fingerprints, list_shards, remove_temp_files, update_manifest, utc_now, write_shard,
+    atomic_write_bytes, check_fingerprints, list_shards, read_shard_meta, remove_temp_files, update_manifest, utc_now,
+    write_shard,
 )
 from ..masks import palette
-from ..methods.usam import LabelSettings, select_instances, semantic_map
+from ..methods.usam import select_instances, semantic_map
 from ..models.registry import weights_fingerprint
 
 STAGE = "label"
@@ -90,7 +90,7 @@ class LabelShardStage:
 
     def __init__(self, head_path: str, labels_dir: str, settings: LabelSettings, fingerprint: str,
                  overlays: bool = False) -> None:
-        from ..train.usam import load_head
+        from ..heads.checkpoint import load_head
 
         self.head, ckpt = load_head(Path(head_path))
         self._setup(ckpt["classes"], labels_dir, settings, fingerprint, overlays)
@@ -236,9 +236,7 @@ class LabelSummary:
 
 def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Optional[list[str]] = None) -> LabelSummary:
     """Label ``cfg.images`` (embedding them first) or ``cfg.embeddings`` with the head in ``cfg.head``."""
-    import pyarrow.parquet as pq
-
-    from ..train.usam import load_head
+    from ..heads.checkpoint import head_info
     from .embed import run_embed
 
     start = time.time()
@@ -247,7 +245,7 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
     head_path = Path(cfg.head) / f"{cfg.checkpoint}.pt" if Path(cfg.head).is_dir() else Path(cfg.head)
     if not head_path.is_file():
         raise FileNotFoundError(f"head checkpoint {head_path} does not exist (run `usam-ray train usam` first)")
-    _head, ckpt = load_head(head_path)
+    ckpt = head_info(head_path)  # classes and embeddings, from head.json (no torch here)
     out = Path(cfg.out)
     if cfg.embeddings is not None:
         embed_dir = Path(cfg.embeddings)
@@ -260,12 +258,12 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
     shards = list_shards(embed_dir)
     if not shards:
         raise FileNotFoundError(f"no embedding shards in {embed_dir}")
-    meta = pq.read_schema(shards[0]).metadata or {}
-    embed_models = json.loads(meta.get(META_MODELS, b"{}"))
+    meta = read_shard_meta(shards[0])
+    embed_models = meta.models
     check_head(ckpt, embed_models, embed_dir, head_path, classes)
-    settings = LabelSettings(**cfg.label.model_dump())
+    settings = cfg.label
     fingerprint = stable_hash({"stage": STAGE, "head": weights_fingerprint(head_path), "settings": cfg.label.model_dump(),
-                               "embed": meta.get(b"usam_ray.fingerprint", b"").decode()})
+                               "embed": meta.fingerprint or ""})
     log(f"label: head {head_path} ({len(ckpt['classes'])} classes {ckpt['classes']})")
     update_manifest(out.parent, STAGE, status="running", started=utc_now(), fingerprint=fingerprint,
                     head=str(head_path), config=cfg.model_dump(mode="json"))
@@ -291,7 +289,7 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
 
     from ..progress import Progress
     from .label_outputs import write_label_outputs
-    from .runtime import init_ray, plan_cpu_pool, quiet_ray_data
+    from ..runtime import init_ray, plan_cpu_pool, quiet_ray_data
 
     start = time.time()
     remove_temp_files(out)
@@ -325,7 +323,7 @@ def run_sam_clip(embed_dir: Path, out: Path, classes: list[str], clip_resolved, 
     if not shards:
         raise FileNotFoundError(f"no embedding shards in {embed_dir}")
     fingerprint = stable_hash({"stage": "sam_clip", "clip": clip_resolved.fingerprint(), "classes": classes,
-                               "settings": settings.__dict__})
+                               "settings": settings.model_dump()})
     kwargs = {"clip_location": clip_resolved, "classes": classes, "labels_dir": str(out), "settings": settings,
               "fingerprint": fingerprint}
     return label_shards(SamClipShardStage, kwargs, shards, Path(out), classes, fingerprint, runtime, log)

@@ -13,7 +13,7 @@ import hashlib
 import io
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def _png(arr: np.ndarray) -> bytes:
 
 def toy_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Ray Data task: (class, index, seed) rows → toy single-object PNGs."""
-    from ..toyworld.scenes import CLASSES, single_object
+    from ..data.toyscenes import CLASSES, single_object
 
     images = []
     for cls, seed in zip(batch["cls"], batch["seed"]):
@@ -126,7 +126,7 @@ def run_synth(cfg, log: Callable[[str], None] = print) -> dict:
     from ..models.registry import models_dir_from_env, resolve_default
     from ..progress import Progress
     from ..types import Ontology
-    from .runtime import init_ray, plan_model_pool, quiet_ray_data
+    from ..runtime import init_ray, plan_model_pool, quiet_ray_data
 
     start = time.time()
     if cfg.classes is None or cfg.out is None:
@@ -138,7 +138,7 @@ def run_synth(cfg, log: Callable[[str], None] = print) -> dict:
     models: dict[str, str] = {}
     resolved = None
     if source == "toy":
-        from ..toyworld.scenes import CLASSES
+        from ..data.toyscenes import CLASSES
 
         unknown = [c for c in classes if c not in CLASSES]
         if unknown:

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .scenes import CLASSES, Scene, scene, single_object
+from ..data.toyscenes import CLASSES, Scene, scene, single_object
 
 TOY_SAM_ARCH = {
     "img_size": 128, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4, "window_size": 8,

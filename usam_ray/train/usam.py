@@ -19,8 +19,6 @@ reproducible: every worker orders its bags by image id and draws each epoch's or
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,8 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..data.shards import list_shards, read_column
-from ..data.schema import META_FINGERPRINT, META_MODELS
+from ..data.shards import list_shards, read_column, read_shard_meta
 
 
 class TrainDataError(ValueError):
@@ -53,17 +50,19 @@ def embeddings_info(embed_dir: Path) -> dict[str, Any]:
     shards = list_shards(embed_dir)
     if not shards:
         raise TrainDataError(f"no embedding shards in {embed_dir} (run `usam-ray embed` first)")
-    fps = set()
-    for s in shards:
-        fps.add((pq.read_schema(s).metadata or {}).get(META_FINGERPRINT, b"").decode())
+    metas = [read_shard_meta(s) for s in shards]
+    fps = {m.fingerprint or "" for m in metas}
     if len(fps) != 1:
         raise TrainDataError(f"{embed_dir} mixes shards of several configurations: {sorted(fps)}")
-    schema = pq.read_schema(shards[0])
-    meta = schema.metadata or {}
-    first = pq.read_table(shards[0], columns=["tokens"]).column("tokens")[0].as_py()
-    return {"fingerprint": fps.pop(), "models": json.loads(meta.get(META_MODELS, b"{}")),
-            "token_dim": schema.field("tokens").type.value_type.list_size, "prompts": len(first),
-            "shards": [str(s) for s in shards]}
+    tokens = metas[0].schema.field("tokens").type  # list<fixed_size_list<float16, T>>, one item per prompt
+    prompts = 0
+    for shard in shards:  # prompts per image: the first row's token count (one row read, not a column)
+        pf = pq.ParquetFile(shard)
+        if pf.metadata.num_rows:
+            prompts = len(pf.read_row_group(0, columns=["tokens"]).column("tokens")[0])
+            break
+    return {"fingerprint": fps.pop(), "models": metas[0].models, "token_dim": tokens.value_type.list_size,
+            "prompts": prompts, "shards": [str(s) for s in shards]}
 
 
 def class_list(embed_dir: Path, classes: Optional[list[str]]) -> list[str]:
@@ -188,6 +187,7 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from ..heads.checkpoint import save_head
     from ..heads.mil import MaskClassifier
 
     torch.manual_seed(config["seed"])
@@ -236,9 +236,8 @@ def _train_loop(config: dict) -> None:
             config["progress"].put(metrics)
         base = model.module if hasattr(model, "module") else model
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"args": base.args, "state_dict": base.state_dict(), "classes": config["classes"],
-                        "phase": config["phase"], "epoch": epoch, "metrics": metrics,
-                        "embeddings": config["embeddings"]}, os.path.join(d, "head.pt"))
+            save_head(Path(d) / "head.pt", base, config["classes"], config["phase"], epoch, metrics,
+                      config["embeddings"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -309,7 +308,8 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     import ray.data
     import torch
 
-    from ..pipelines.runtime import init_ray
+    from ..heads.checkpoint import write_head_json
+    from ..runtime import init_ray
 
     embed_dir = Path(cfg.embeddings)
     info = embeddings_info(embed_dir)
@@ -344,19 +344,7 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     history = teacher_history + student_history
     summary = {"classes": classes, "embeddings": config["embeddings"], "settings": cfg.model_dump(mode="json"),
                "metrics": history, "best": {"epoch": best["epoch"], "val_mil": best["val_mil"]}}
-    (out / "head.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_head_json(out, summary)
     log(f"train: best student epoch {best['epoch'] + 1}/{cfg.epochs} (val mil {best['val_mil']:.4f}); "
         f"every epoch's metrics in {out / 'head.json'}")
     return summary
-
-
-def load_head(path: Path, device: str = "cpu"):
-    """A head checkpoint (``teacher.pt``/``student.pt``/``best.pt``) → (MaskClassifier in eval mode, dict)."""
-    import torch
-
-    from ..heads.mil import MaskClassifier
-
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = MaskClassifier(**ckpt["args"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt

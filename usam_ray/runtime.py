@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..config import RuntimeConfig
+from .config import RuntimeConfig
 
 log = logging.getLogger(__name__)
 

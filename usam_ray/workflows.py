@@ -1,4 +1,5 @@
-"""``usam-ray run`` and ``usam-ray demo``: class names in, a labelled and scored dataset out.
+"""Workflows (L5): ``usam-ray run`` and ``usam-ray demo`` chain the stages — class names in, a
+labelled and scored dataset out, with the baselines and their comparison.
 
 Stages, each resumed (embed, synth, label) or skipped when its output for the same fingerprint
 exists (train):
@@ -17,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import DemoConfig, EmbedConfig, EvalConfig, LabelConfig, RunConfig, SynthConfig
-from ..data.shards import atomic_write_bytes
-from ..types import Ontology
+from .config import DemoConfig, EmbedConfig, EvalConfig, LabelConfig, RunConfig, SynthConfig
+from .data.shards import atomic_write_bytes
+from .types import Ontology
 
 
 def _train_up_to_date(head_dir: Path, embed_fp: str, settings: dict) -> bool:
@@ -33,15 +34,14 @@ def _train_up_to_date(head_dir: Path, embed_fp: str, settings: dict) -> bool:
 
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage of ``cfg``; returns {"labels": summary, "eval": report or None, "comparison": …}."""
-    from ..eval.evaluate import run_eval
-    from ..eval.report import write_reports
-    from ..methods.usam import LabelSettings
-    from ..models.registry import models_dir_from_env, resolve_default
-    from ..train.usam import embeddings_info, train_usam
-    from .embed import run_embed
-    from .label import run_label, run_sam_clip
-    from .label_outputs import write_label_outputs
-    from .synth import run_synth
+    from .eval.evaluate import run_eval
+    from .eval.report import write_reports
+    from .models.registry import models_dir_from_env, resolve_default
+    from .train.usam import embeddings_info, train_usam
+    from .pipelines.embed import run_embed
+    from .pipelines.label import run_label, run_sam_clip
+    from .pipelines.label_outputs import write_label_outputs
+    from .pipelines.synth import run_synth
 
     check_run(cfg)
     ontology = Ontology.from_names(cfg.classes)
@@ -82,7 +82,7 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     rows["MIL only (teacher)"] = run_eval(EvalConfig(labels=mil.out, gt=cfg.gt, out=base / "mil_only" / "eval",
                                                       runtime=cfg.runtime), log=quiet)
     clip = resolve_default("clip", cfg.clip_model, models_dir_from_env(cfg.runtime.models_dir))
-    sam_clip_settings = LabelSettings(**{**cfg.label.model_dump(), "score_threshold": 0.70})
+    sam_clip_settings = cfg.label.model_copy(update={"score_threshold": 0.70})
     run_sam_clip(run / "embed", base / "sam_clip" / "labels", classes, clip, sam_clip_settings, cfg.runtime, log=quiet)
     rows[f"SAM + CLIP ({clip.spec.name}, 0.70)"] = run_eval(
         EvalConfig(labels=base / "sam_clip" / "labels", gt=cfg.gt, out=base / "sam_clip" / "eval",
@@ -125,7 +125,7 @@ def check_run(cfg: RunConfig) -> None:
 
 def demo_config(cfg: DemoConfig) -> RunConfig:
     """The toy-world run: toy objects → toy SAM embeddings → heads → labels of fresh toy scenes → eval."""
-    from ..toyworld.scenes import CLASSES
+    from .data.toyscenes import CLASSES
 
     out = Path(cfg.out)
     return RunConfig(
@@ -157,7 +157,7 @@ def check_demo(cfg: DemoConfig) -> None:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Write the held-out toy scenes (``cfg.seed``) with ground truth, then ``run_pipeline(demo_config(cfg))``."""
-    from ..toyworld.scenes import write_scene_dataset
+    from .data.toyscenes import write_scene_dataset
 
     check_demo(cfg)
     gt = Path(cfg.out) / "toy-scenes"

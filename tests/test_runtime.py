@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write_images
 from usam_ray.data.shards import read_column
-from usam_ray.pipelines.runtime import plan_cpu_pool, plan_pools
+from usam_ray.runtime import plan_cpu_pool, plan_pools
 
 SHAPES = list(itertools.product([1, 2, 4, 16, 64], [0, 1, 2, 8]))
 

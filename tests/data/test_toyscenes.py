@@ -5,7 +5,7 @@ import pytest
 
 from usam_ray.data.groundtruth import FolderGroundTruth
 from usam_ray.masks import masks_to_boxes, rle_to_mask
-from usam_ray.toyworld.scenes import CLASSES, scene, single_object, write_scene_dataset, write_single_objects
+from usam_ray.data.toyscenes import CLASSES, scene, single_object, write_scene_dataset, write_single_objects
 
 
 def test_same_seed_same_scene_other_seed_other_scene():

@@ -17,12 +17,12 @@ from usam_ray.config import DemoConfig
 from usam_ray.data.groundtruth import read_label_png
 from usam_ray.data.shards import list_shards
 from usam_ray.methods.usam import semantic_map
-from usam_ray.pipelines.run import run_demo
+from usam_ray.workflows import run_demo
 from usam_ray.types import MaskSet
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[1]
 MIOU_FLOOR = 0.30
 MAP50_FLOOR = 0.18
 #: the demo prints one progress display per stage: ~40 lines (2,141 before, 1,876 of them Ray's)

@@ -1,0 +1,54 @@
+"""Head checkpoint files: what ``train`` writes and ``label`` reads.
+
+A checkpoint (``teacher.pt``, ``student.pt``, ``best.pt``) is a ``torch.save`` dict:
+``args`` (the head's constructor arguments), ``state_dict``, ``classes`` (names, in class-id
+order without background), ``phase``, ``epoch``, ``metrics`` and ``embeddings`` (``fingerprint``
+and ``models``: registry name → weights fingerprint of the SAM whose tokens it was trained on).
+``head.json`` beside them holds the classes, the embeddings' fingerprints, the training settings
+and every epoch's metrics, so that a reader needs no torch to know what a head predicts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def save_head(path: Path, model, classes: list[str], phase: str, epoch: int, metrics: dict[str, Any],
+              embeddings: dict[str, Any]) -> None:
+    """Write ``model`` (a MaskClassifier, unwrapped from DDP) as a head checkpoint at ``path``."""
+    import torch
+
+    torch.save({"args": model.args, "state_dict": model.state_dict(), "classes": list(classes), "phase": phase,
+                "epoch": epoch, "metrics": metrics, "embeddings": embeddings}, path)
+
+
+def load_head(path: Path, device: str = "cpu"):
+    """A head checkpoint → (MaskClassifier in eval mode, the checkpoint dict)."""
+    import torch
+
+    from .mil import MaskClassifier
+
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = MaskClassifier(**ckpt["args"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def write_head_json(head_dir: Path, summary: dict[str, Any]) -> None:
+    """``head.json``: classes, embeddings (fingerprint, models), settings, metrics, best epoch."""
+    (Path(head_dir) / "head.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def head_info(path: Path) -> dict[str, Any]:
+    """What a head predicts and what it was trained on — ``classes`` and ``embeddings`` — from the
+    ``head.json`` beside the checkpoint, or (a checkpoint on its own) from the checkpoint."""
+    path = Path(path)
+    meta = path.parent / "head.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        if "classes" in data and "embeddings" in data:
+            return {"classes": data["classes"], "embeddings": data["embeddings"]}
+    _model, ckpt = load_head(path)
+    return {"classes": ckpt["classes"], "embeddings": ckpt["embeddings"]}
