@@ -3,9 +3,10 @@
 ``run_label`` labels images (embedding them first into ``RUN/embed``, resumable) or stored
 embeddings (``--from-embeddings``: a new head or new thresholds cost seconds, not GPU hours).
 Each embedding shard becomes one Ray Data task on a head actor, which writes the shard's
-semantic PNGs and (optional) overlays, then its instance shard, atomically; a re-run skips
-shards whose instance shard exists. At the end the instance shards are merged into
-``coco_results.json`` and ``classes.json`` is written.
+semantic PNGs and (optional) overlays, its labelled-images shard, then its instance shard,
+atomically; a re-run skips shards whose instance shard exists. At the end
+``label_outputs.write_label_outputs`` merges the shards into ``coco_dataset.json``,
+``coco_results.json``, ``classes.json`` and the ``--format`` exports.
 """
 
 from __future__ import annotations
