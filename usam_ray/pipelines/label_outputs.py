@@ -75,9 +75,7 @@ def write_label_outputs(out: Path, classes: list[str], fingerprint: str,
     dataset = coco_dataset(images, instances, classes, "rle", f"usam-ray labels {fingerprint}")
     _json(out / "coco_dataset.json", dataset)
     _json(out / "coco_results.json", coco_results(dataset))
-    names = ["background", *classes]
-    meta = {"classes": names, "categories": [{"id": i, "name": n} for i, n in enumerate(names) if i > 0],
-            "fingerprint": fingerprint}
+    meta = {"classes": ["background", *classes], "categories": dataset["categories"], "fingerprint": fingerprint}
     atomic_write_bytes(out / "classes.json", json.dumps(meta, indent=2).encode())
     written = write_exports(out, classes, fingerprint, export or ExportSection(), images, instances)
     overlays = out / "overlays"
