@@ -32,7 +32,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from _report import print_results
@@ -173,7 +172,8 @@ def main() -> None:
 
     from usam_ray.config import EmbedConfig, load_config
     from usam_ray.data.decode import decode_image
-    from usam_ray.methods.sam_embed import EmbedSettings, SamMaskEmbedder
+    from usam_ray.config import RuntimeConfig, SamConfig
+    from usam_ray.methods.sam_embed import SamMaskEmbedder
     from usam_ray.models import resolve
     from usam_ray.models.sam import load_sam
     from usam_ray.models.sam_fast import resolve_precision
@@ -191,8 +191,8 @@ def main() -> None:
     dev = args.device
     results: dict = {"images": args.n, "model": args.model, "device": dev, "size": args.size or "96-320 mixed",
                      "batch_size": args.batch_size, "torch": torch.__version__}
-    settings = EmbedSettings(points_per_side=10, precision=args.precision, compile=args.compile and dev == "cuda",
-                             batch_size=args.batch_size)
+    settings = SamConfig(points_per_side=10, precision=args.precision, compile=args.compile and dev == "cuda")
+    runtime = RuntimeConfig(batch_size=args.batch_size)
 
     if dev == "cuda" or args.encoder:
         results["gpu"] = torch.cuda.get_device_name() if dev == "cuda" else "none (CPU)"
@@ -209,12 +209,12 @@ def main() -> None:
         ips = time_encoder(sam.image_encoder, torch.float32, args.batch_size, size, dev, 3)
         results["encoder_fp32_images_per_s"], results["encoder_fp32_share"] = ips, share(ips)
         del sam
-        eager = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), replace(settings, precision="bf16", compile=False),
-                                dev)  # bf16 weights + SDPA, as the embedder sets them up
+        eager = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), settings.model_copy(update={"precision": "bf16", "compile": False}),
+                                runtime, dev)  # bf16 weights + SDPA, as the embedder sets them up
         ips = time_encoder(eager.encoder, torch.bfloat16, args.batch_size, size, dev, 5)
         results["encoder_bf16_sdpa_images_per_s"], results["encoder_bf16_sdpa_share"] = ips, share(ips)
         del eager
-        embedder = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), settings, dev)
+        embedder = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), settings, runtime, dev)
         compile_s = embedder.warm_up(args.batch_size)
         if settings.compile:
             results["compile_seconds"] = compile_s
@@ -228,7 +228,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     else:
         sam = load_sam(resolve(args.model, zoo))
-        embedder = SamMaskEmbedder(sam, settings, dev)
+        embedder = SamMaskEmbedder(sam, settings, runtime, dev)
         results["torch_threads"] = torch.get_num_threads()
         results["loop_images_per_s"] = embed_loop(embedder, paths, args.batch_size, dev)
 
@@ -261,7 +261,7 @@ def main() -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
         reference = load_sam(resolve(args.model, zoo))  # segment_anything's own modules, fp32
-        ours = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), EmbedSettings(points_per_side=10), dev)
+        ours = SamMaskEmbedder(load_sam(resolve(args.model, zoo)), SamConfig(points_per_side=10), None, dev)
         start = time.perf_counter()
         for img in images:
             ours.embed([img])

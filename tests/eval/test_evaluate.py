@@ -93,9 +93,7 @@ def test_voc_eval_with_instances_from_segmentation_object(tmp_path, ray_session)
     assert report["semantic"]["miou"] == pytest.approx(1.0)
     assert report["instances"]["map50"] == pytest.approx(1.0)
     assert report["images"] == len(names)
-    # the reader is also a Ray Data source
-    rows = gt.to_ray_dataset().take_all()
-    assert sorted(r["key"] for r in rows) == sorted(names)
+    assert sorted(r["key"] for r in recs) == sorted(names)
 
 
 def test_size_mismatch_and_unknown_class_are_named(tmp_path, ray_session):

@@ -5,7 +5,8 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import build_point_grid
 
 from usam_ray.masks import rles_to_masks
-from usam_ray.methods.sam_embed import EmbedSettings, SamMaskEmbedder, grid_points, prepare_image, resized_shape
+from usam_ray.config import RuntimeConfig, SamConfig
+from usam_ray.methods.sam_embed import SamMaskEmbedder, grid_points, prepare_image, resized_shape
 from usam_ray.models import resolve
 from usam_ray.models.sam import load_sam
 
@@ -56,7 +57,7 @@ def _reference(zoo):
 
 def test_embedder_equals_sam_predictor(sam, zoo):
     """fp32 masks, IoU predictions and points agree with SamPredictor.predict_torch for the same points."""
-    embedder = SamMaskEmbedder(sam, EmbedSettings(points_per_side=6, precision="fp32"))
+    embedder = SamMaskEmbedder(sam, SamConfig(points_per_side=6, precision="fp32"))
     reference = _reference(zoo)
     images = _images()
     sets = embedder.embed(images)
@@ -96,7 +97,7 @@ def test_sdpa_attention_equals_segment_anything_attention(zoo):
 
 def test_tokens_are_the_decoders_output_mask_tokens(sam):
     """Recompute the decoder transformer by hand (as MaskDecoder.predict_masks does) for one image."""
-    embedder = SamMaskEmbedder(sam, EmbedSettings(points_per_side=3))
+    embedder = SamMaskEmbedder(sam, SamConfig(points_per_side=3))
     img = _images()[0]
     padded, size = prepare_image(img, 256)
     ms = embedder.embed_prepared(padded[None], [size], [img.shape[:2]])[0]
@@ -118,7 +119,7 @@ def test_tokens_are_the_decoders_output_mask_tokens(sam):
 
 
 def test_mixed_size_batch_equals_single_images(sam):
-    embedder = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4))
+    embedder = SamMaskEmbedder(sam, SamConfig(points_per_side=4))
     images = _images(2)
     together = embedder.embed(images)
     alone = [embedder.embed([img])[0] for img in images]
@@ -132,9 +133,9 @@ def test_mixed_size_batch_equals_single_images(sam):
 
 def test_mask_chunk_does_not_change_outputs(sam):
     img = _images(3)[:1]
-    a = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, mask_chunk=1)).embed(img)[0]
-    b = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, mask_chunk=64)).embed(img)[0]
-    c = SamMaskEmbedder(sam, EmbedSettings(points_per_side=4, pixel_budget=1)).embed(img)[0]  # one mask a chunk
+    a = SamMaskEmbedder(sam, SamConfig(points_per_side=4), RuntimeConfig(mask_chunk=1)).embed(img)[0]
+    b = SamMaskEmbedder(sam, SamConfig(points_per_side=4), RuntimeConfig(mask_chunk=64)).embed(img)[0]
+    c = SamMaskEmbedder(sam, SamConfig(points_per_side=4), RuntimeConfig(mask_pixel_budget=1)).embed(img)[0]  # one mask a chunk
     assert [r["counts"] for r in a.masks] == [r["counts"] for r in c.masks]
     assert [r["counts"] for r in a.masks] == [r["counts"] for r in b.masks]
     np.testing.assert_array_equal(a.data["stability"], b.data["stability"])
@@ -144,7 +145,7 @@ def test_mask_chunk_does_not_change_outputs(sam):
 def test_boxes_and_stability_are_consistent_with_masks(sam):
     from usam_ray.masks import masks_to_boxes
 
-    ms = SamMaskEmbedder(sam, EmbedSettings(points_per_side=5)).embed(_images(4)[:1])[0]
+    ms = SamMaskEmbedder(sam, SamConfig(points_per_side=5)).embed(_images(4)[:1])[0]
     np.testing.assert_array_equal(ms.boxes, masks_to_boxes(rles_to_masks(ms.masks)))
     assert ((ms.data["stability"] >= 0) & (ms.data["stability"] <= 1)).all()
 

@@ -1,81 +1,91 @@
-"""Label stages called directly on a dict batch, as Ray Data would call them (no cluster)."""
+"""The label pipeline through Ray, with a real (random) head on the tiny SAM."""
 
 import json
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from usam_ray.config import LabelSettings
-from usam_ray.data.schema import embeddings_table, shard_metadata
-from usam_ray.data.shards import list_shards, write_shard
-from usam_ray.heads.checkpoint import save_head
+from conftest import write_images
+from usam_ray.config import LabelConfig, load_config
+from usam_ray.data.shards import list_shards
 from usam_ray.heads.mil import MaskClassifier
-from usam_ray.masks import mask_to_rle
-from usam_ray.pipelines.label import LabelShardStage, SamClipShardStage
+from usam_ray.models.registry import resolve
+from usam_ray.heads.checkpoint import HeadMismatchError
+from usam_ray.pipelines.label import run_label
 
+pytestmark = pytest.mark.slow
 CLASSES = ["circle", "star"]
-P, T, H, W = 4, 8, 12, 16
 
 
-def _embedding_shard(path, n=3, seed=0):
-    """n images of H×W with P square masks each and random tokens."""
-    rng = np.random.default_rng(seed)
-    masks = []
-    for k in range(P):
-        m = np.zeros((H, W), bool)
-        m[k:k + 5, 2 * k:2 * k + 6] = True
-        masks.append(mask_to_rle(m)["counts"])
-    counts = np.empty(n, dtype=object)
-    counts[:] = [list(masks) for _ in range(n)]
-    labels = np.empty(n, dtype=object)
-    labels[:] = [[] for _ in range(n)]
-    batch = {"image_id": np.array([f"sub/img{i}.png" for i in range(n)], object),
-             "path": np.array([str(path.parent / f"img{i}.png") for i in range(n)], object), "labels": labels,
-             "height": np.full(n, H), "width": np.full(n, W), "points": np.zeros((n, P, 2)),
-             "tokens": rng.normal(0, 1, (n, P, T)), "iou": np.full((n, P), 0.9), "stability": np.full((n, P), 0.9),
-             "boxes": np.tile(np.array([[2 * k, k, 2 * k + 6, k + 5] for k in range(P)], np.float32), (n, 1, 1)),
-             "mask_counts": counts}
-    write_shard(embeddings_table(batch, T), path, shard_metadata("embeddings", "fp-e", {"sam:test": "w"}))
-    return path
+def _head(path, sam_fp, classes=CLASSES, seed=0):
+    torch.manual_seed(seed)
+    head = MaskClassifier(256, len(classes), hidden=32, dropout=0.0)
+    # bias towards confident outputs so that some masks pass the threshold
+    torch.save({"args": head.args, "state_dict": head.state_dict(), "classes": classes, "phase": "student",
+                "epoch": 0, "metrics": {}, "embeddings": {"fingerprint": "x", "models": {"sam:tiny": sam_fp}}}, path)
 
 
-def test_label_stage_on_a_dict_batch_writes_every_output_of_its_shard(tmp_path):
-    torch.manual_seed(0)
-    head = MaskClassifier(T, len(CLASSES), hidden=16, dropout=0.0)
-    save_head(tmp_path / "best.pt", head, CLASSES, "student", 0, {}, {"fingerprint": "fp-e", "models": {}})
-    shard = _embedding_shard(tmp_path / "embed" / "part-a.parquet")
-    labels = tmp_path / "labels"
-    stage = LabelShardStage(str(tmp_path / "best.pt"), str(labels), LabelSettings(score_threshold=0.0, min_area=1),
-                            "fp-l")
-    out = stage({"path": np.array([str(shard)], dtype=object)})
-    assert out["shard"].tolist() == ["part-a.parquet"] and out["images"].tolist() == [3]
-    instances = pq.read_table(labels / "instances" / "part-a.parquet").to_pylist()
-    assert len(instances) == out["instances"][0] > 0
-    assert {r["class_name"] for r in instances} <= set(CLASSES) and all(r["provenance"] == "usam" for r in instances)
-    images = pq.read_table(labels / "images" / "part-a.parquet").to_pylist()
-    assert [r["file_name"] for r in images] == ["sub/img0.png", "sub/img1.png", "sub/img2.png"]
-    assert sum(r["instances"] for r in images) == len(instances)
-    assert sorted(p.name for p in (labels / "semantic" / "sub").glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
-    from usam_ray.pipelines.stages import MissingColumnError
+def test_from_embeddings_gives_the_same_labels_as_the_full_run(tmp_path, zoo, ray_session):
+    write_images(tmp_path / "imgs", 5, bad=False)
+    sam_fp = resolve("sam:tiny", zoo).fingerprint()
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", sam_fp)
+    common = [f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}", "sam.points_per_side=4",
+              "label.score_threshold=0.3", "label.min_area=1", "runtime.progress=false"]
+    full = run_label(load_config(LabelConfig, None, [f"images={tmp_path / 'imgs'}", f"out={tmp_path / 'run' / 'labels'}",
+                                                     "overlays=true", *common]), log=lambda _l: None)
+    again = run_label(load_config(LabelConfig, None, [f"embeddings={tmp_path / 'run' / 'embed'}",
+                                                      f"out={tmp_path / 'relabel'}", *common]), log=lambda _l: None)
+    assert full.images_total == again.images_total == 5
+    a = sorted((tmp_path / "run" / "labels" / "semantic").rglob("*.png"))
+    b = sorted((tmp_path / "relabel" / "semantic").rglob("*.png"))
+    assert [p.name for p in a] == [p.name for p in b] and all(x.read_bytes() == y.read_bytes() for x, y in zip(a, b))
+    ra = json.loads((tmp_path / "run" / "labels" / "coco_results.json").read_text())
+    rb = json.loads((tmp_path / "relabel" / "coco_results.json").read_text())
+    assert ra == rb and full.instances_total == len(ra)
+    assert len(list((tmp_path / "run" / "labels" / "overlays").rglob("*.png"))) == 5
+    classes = json.loads((tmp_path / "run" / "labels" / "classes.json").read_text())
+    assert classes["classes"] == ["background", *CLASSES]
+    # resumable: a second run labels nothing new
+    third = run_label(load_config(LabelConfig, None, [f"embeddings={tmp_path / 'run' / 'embed'}",
+                                                      f"out={tmp_path / 'relabel'}", *common]), log=lambda _l: None)
+    assert third.images == 0 and third.shards_done_before == len(list_shards(tmp_path / "run" / "embed"))
 
-    with pytest.raises(MissingColumnError, match="stage label.*path"):
-        stage({"image_id": np.array(["x"], dtype=object)})
+
+def test_label_writes_a_coco_dataset_and_the_exports_tools_import(tmp_path, zoo, ray_session):
+    from pycocotools.coco import COCO
+
+    from usam_ray.config import ExportSection
+    from usam_ray.pipelines.label_outputs import export_labels
+
+    files = write_images(tmp_path / "imgs", 4, bad=False)
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", resolve("sam:tiny", zoo).fingerprint())
+    labels = tmp_path / "run" / "labels"
+    summary = run_label(load_config(LabelConfig, None, [
+        f"images={tmp_path / 'imgs'}", f"out={labels}", f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}",
+        "sam.points_per_side=4", "label.score_threshold=0.3", "label.min_area=1", "export.formats=[coco-polygons]"]),
+        log=lambda _l: None)
+    assert summary.exports == ["coco_dataset_polygons.json"] and summary.instances_total > 0
+    dataset = COCO(str(labels / "coco_dataset.json"))
+    assert sorted(im["file_name"] for im in dataset.dataset["images"]) == sorted(files["ok"])
+    assert [im["id"] for im in dataset.dataset["images"]] == [1, 2, 3, 4]
+    dets = dataset.loadRes(str(labels / "coco_results.json"))
+    assert len(dets.getAnnIds()) == summary.instances_total
+    polygons = COCO(str(labels / "coco_dataset_polygons.json"))
+    assert len(polygons.getAnnIds()) + polygons.dataset["info"]["dropped_annotations"] == summary.instances_total
+    written = export_labels(labels, ExportSection(formats=["label-studio"]))
+    assert [p.name for p in written] == ["label_studio_tasks.json", "label_studio_config.xml"]
+    tasks = json.loads(written[0].read_text())
+    assert len(tasks) == 4 and sum(len(t["predictions"][0]["result"]) for t in tasks) == summary.instances_total
 
 
-def test_sam_clip_stage_on_a_dict_batch(tmp_path, zoo):
-    from PIL import Image
-
-    from usam_ray.models import resolve
-
-    shard = _embedding_shard(tmp_path / "embed" / "part-b.parquet", n=2)
-    for i in range(2):
-        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(tmp_path / "embed" / f"img{i}.png")
-    stage = SamClipShardStage(resolve("clip:tiny", zoo), CLASSES, str(tmp_path / "labels"),
-                              LabelSettings(score_threshold=0.0, min_area=1), "fp-c")
-    out = stage({"path": np.array([str(shard)], dtype=object)})
-    assert out["images"].tolist() == [2]
-    rows = [r for s in list_shards(tmp_path / "labels" / "instances") for r in pq.read_table(s).to_pylist()]
-    assert len(rows) == out["instances"][0] > 0 and all(r["provenance"] == "sam_clip" for r in rows)
-    assert json.loads(json.dumps([r["score"] for r in rows]))  # plain floats
+def test_head_of_another_sam_is_refused_naming_both(tmp_path, zoo, ray_session):
+    write_images(tmp_path / "imgs", 1, bad=False)
+    (tmp_path / "head").mkdir()
+    _head(tmp_path / "head" / "best.pt", "0123456789abcdef")
+    cfg = load_config(LabelConfig, None, [f"images={tmp_path / 'imgs'}", f"out={tmp_path / 'run' / 'labels'}",
+                                          f"head={tmp_path / 'head'}", f"runtime.models_dir={zoo}",
+                                          "sam.points_per_side=2"])
+    with pytest.raises(HeadMismatchError, match="0123456789abcdef.*" + resolve("sam:tiny", zoo).fingerprint()):
+        run_label(cfg, log=lambda _l: None)

@@ -7,7 +7,7 @@ from conftest import write_images
 from usam_ray.config import DataConfig
 from usam_ray.data.sources import list_source, parse_source
 from usam_ray.data.shards import list_shards, read_column
-from usam_ray.methods.sam_embed import EmbedSettings
+from usam_ray.config import SamConfig
 from usam_ray.models import resolve
 from usam_ray.models.sam import spec_with_arch
 from usam_ray.models.registry import ResolvedModel
@@ -37,7 +37,7 @@ def test_read_embed_write_chain(tmp_path, sam_model):
     assert read["image"].shape == (len(listing.units), 256, 256, 3)
     failed = {i for i, e in zip(read["image_id"], read["error_type"]) if e}
     assert failed == set(files["bad"])
-    embedded = SamEmbedStage(sam_model, EmbedSettings(points_per_side=3))(read)
+    embedded = SamEmbedStage(sam_model, SamConfig(points_per_side=3))(read)
     assert embedded["tokens"].shape == (len(listing.units), 9, 256) and embedded["tokens"].dtype == np.float16
     assert all(len(c) == 9 for c, e in zip(embedded["mask_counts"], embedded["error_type"]) if not e)
     out = ShardWriteStage(str(tmp_path / "run" / "embed"), "fp", {"sam:tiny": "w"}, 256)(embedded)
@@ -56,7 +56,7 @@ def test_missing_column_names_stage():
 
 
 def test_model_failure_becomes_error_rows_not_a_crash(tmp_path, sam_model):
-    stage = SamEmbedStage(sam_model, EmbedSettings(points_per_side=2))
+    stage = SamEmbedStage(sam_model, SamConfig(points_per_side=2))
     batch = {
         "image_id": np.array(["a", "b"], object), "path": np.array(["/a", "/b"], object),
         "labels": _objects([[], ["dog"]]), "height": np.array([10, 10]), "width": np.array([10, 10]),

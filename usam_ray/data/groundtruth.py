@@ -7,8 +7,7 @@ Every reader gives:
   ``width``, plus what ``load_semantic`` needs) — cheap, so Ray tasks can be handed shards of them;
 - ``load_semantic(record)``: (H, W) uint8 class ids, 255 = ignore;
 - ``instances_for(record)``: ground-truth instances of that image as COCO annotation dicts
-  (category id = class id, RLE segmentation), or None when the source has no instances;
-- ``to_ray_dataset()``: the records as a ``ray.data.Dataset``.
+  (category id = class id, RLE segmentation), or None when the source has no instances.
 
 Image *keys* are the image's path relative to its image folder without the extension
 (``2007_000033``, ``sub/img_001``): predictions ``semantic/<key>.png`` are matched by key.
@@ -99,12 +98,6 @@ class GroundTruth:
     @property
     def has_instances(self) -> bool:
         return False
-
-    def to_ray_dataset(self):
-        """The records as a lazy ``ray.data.Dataset`` (one row per image)."""
-        import ray.data
-
-        return ray.data.from_items(self.records())
 
 
 class VocGroundTruth(GroundTruth):

@@ -5,7 +5,8 @@ each labelled region lightly in its class colour, draws every instance's (or cla
 contour as a class-coloured line with a dark outer edge (visible on light and dark objects
 alike), puts "class score" tags at each instance, and adds a legend of the classes shown.
 ``contact_sheet`` puts rows of overlays side by side (ground truth beside prediction);
-``overlay_index_html`` is a page of a labels folder's overlays.
+``overlay_index_html`` is a page of a labels folder's overlays. ``label_png`` encodes a class-id
+map as the paletted PNG every label folder holds; ``instance_overlay`` draws one labelled image.
 """
 
 from __future__ import annotations
@@ -40,6 +41,38 @@ def png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG")
     return buf.getvalue()
+
+
+def label_png(label_map: np.ndarray, pal: list[int]) -> bytes:
+    """A paletted PNG of a (H, W) uint8 class-id map (``pal``: 768 ints, as ``masks.palette()``)."""
+    from PIL import Image
+
+    img = Image.fromarray(label_map, "P")
+    img.putpalette(pal)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def instance_overlay(image_path: str, label_map: np.ndarray, classes: list[str], inst) -> Optional[bytes]:
+    """The image with its instances drawn (class-coloured fills and contours, "class score" tags,
+    a legend), at least 512 px on its long side; None when the image cannot be read or its size
+    differs from the label map's.
+
+    Args:
+        image_path (str): the image file.
+        label_map (np.ndarray): (H, W) uint8 class ids.
+        classes (list[str]): class names without background.
+        inst (MaskSet): the image's instances (RLE masks, 0-based class ids, scores).
+    """
+    from ..masks import rles_to_masks
+
+    image = read_rgb(image_path)
+    if image is None or image.shape[:2] != label_map.shape:
+        return None
+    masks = rles_to_masks(list(inst.masks), label_map.shape)  # (N, H, W) bool
+    shapes = [(m, int(c) + 1, float(sc)) for m, c, sc in zip(masks, inst.class_ids, inst.scores)]
+    return png(render_overlay(image, label_map, ["background", *classes], shapes))
 
 
 def _shift_any(mask: np.ndarray, r: int) -> np.ndarray:

@@ -208,6 +208,7 @@ def write_scene_dataset(root: Path, n: int, seed: int, size: int = 128) -> Path:
     from PIL import Image
 
     from ..masks import mask_to_rle, masks_to_boxes, palette
+    from .overlay import label_png
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -219,9 +220,7 @@ def write_scene_dataset(root: Path, n: int, seed: int, size: int = 128) -> Path:
         sc = scene(rng, size)
         key = f"scene_{i:05d}"
         Image.fromarray(sc.image).save(root / "images" / f"{key}.png")
-        sem = Image.fromarray(sc.semantic, "P")
-        sem.putpalette(pal)
-        sem.save(root / "masks" / f"{key}.png")
+        (root / "masks" / f"{key}.png").write_bytes(label_png(sc.semantic, pal))
         images.append({"id": i + 1, "file_name": f"{key}.png", "height": size, "width": size})
         boxes = masks_to_boxes(sc.instances)
         for m, c, b in zip(sc.instances, sc.classes, boxes):

@@ -5,14 +5,15 @@ A checkpoint (``teacher.pt``, ``student.pt``, ``best.pt``) is a ``torch.save`` d
 order without background), ``phase``, ``epoch``, ``metrics`` and ``embeddings`` (``fingerprint``
 and ``models``: registry name → weights fingerprint of the SAM whose tokens it was trained on).
 ``head.json`` beside them holds the classes, the embeddings' fingerprints, the training settings
-and every epoch's metrics, so that a reader needs no torch to know what a head predicts.
+and every epoch's metrics, so that a reader needs no torch to know what a head predicts;
+``check_head`` refuses a head for another SAM or other classes than a labelling run's.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 def save_head(path: Path, model, classes: list[str], phase: str, epoch: int, metrics: dict[str, Any],
@@ -52,3 +53,25 @@ def head_info(path: Path) -> dict[str, Any]:
             return {"classes": data["classes"], "embeddings": data["embeddings"]}
     _model, ckpt = load_head(path)
     return {"classes": ckpt["classes"], "embeddings": ckpt["embeddings"]}
+
+
+class HeadMismatchError(ValueError):
+    """A head trained on embeddings of another SAM (or other classes) than the labelling run's."""
+
+
+def check_head(ckpt: dict, embed_models: dict[str, str], embed_dir: Path, head_path: Path,
+               classes: Optional[list[str]] = None) -> None:
+    """Refuse a head trained on another SAM's embeddings, or for other classes than asked.
+
+    Raises:
+        HeadMismatchError: naming both SAM fingerprints (or both class lists).
+    """
+    trained = {k: v for k, v in ckpt["embeddings"]["models"].items() if k.startswith("sam:")}
+    labelling = {k: v for k, v in embed_models.items() if k.startswith("sam:")}
+    if trained != labelling:
+        raise HeadMismatchError(
+            f"head {head_path} was trained on embeddings of {trained} but {embed_dir} holds embeddings of "
+            f"{labelling}: train a head on this SAM's embeddings, or label with the SAM the head knows"
+        )
+    if classes is not None and list(classes) != list(ckpt["classes"]):
+        raise HeadMismatchError(f"head {head_path} predicts {ckpt['classes']}, not the requested {classes}")

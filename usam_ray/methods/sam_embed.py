@@ -17,11 +17,11 @@ Pure torch/numpy: no Ray here.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..config import RuntimeConfig, SamConfig
 from ..types import MaskSet
 
 
@@ -67,37 +67,6 @@ def prepare_image(image: np.ndarray, long_side: int) -> tuple[np.ndarray, tuple[
     return padded, (h, w)
 
 
-@dataclass(frozen=True)
-class EmbedSettings:
-    """Settings of ``SamMaskEmbedder``.
-
-    Attributes:
-        points_per_side (int): grid side; points_per_side² prompts per image.
-        mask_threshold (float): logit threshold for binary masks.
-        stability_offset (float): offset of the stability score.
-        mask_chunk (int): at most this many masks upsampled to full size at a time.
-        pixel_budget (int): and at most this many full-size logit pixels at a time (memory stays
-            bounded on huge images: 2**26 pixels are 256 MB of float32 logits).
-        precision (str): ``auto`` (bf16 on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``:
-            the image encoder's weights and the mask decoder's autocast dtype. The prompt encoder
-            (random Fourier features) and the mask post-processing always run in float32.
-        sdpa (bool): image-encoder attention through ``F.scaled_dot_product_attention``.
-        compile (bool): ``torch.compile`` the image encoder (long runs; the first batch pays it).
-        batch_size (int): with ``compile``, encoder batches are padded to this size so that one
-            compiled graph serves every batch (0: no padding).
-    """
-
-    points_per_side: int = 10
-    mask_threshold: float = 0.0
-    stability_offset: float = 1.0
-    mask_chunk: int = 256
-    pixel_budget: int = 1 << 26
-    precision: str = "auto"
-    sdpa: bool = True
-    compile: bool = False
-    batch_size: int = 0
-
-
 class SamMaskEmbedder:
     """Per-prompt mask embeddings of images with a loaded SAM.
 
@@ -106,22 +75,27 @@ class SamMaskEmbedder:
 
     Args:
         sam (segment_anything.modeling.Sam): the model (modified in place).
-        settings (EmbedSettings): grid, thresholds and speed settings.
+        settings (SamConfig): grid, thresholds, precision and ``compile`` (the config's ``model``
+            and ``checkpoint`` are not read: the model is already loaded).
+        runtime (RuntimeConfig): ``mask_chunk`` and ``mask_pixel_budget`` bound the full-size
+            masks upsampled at a time; with ``compile``, encoder batches are padded to
+            ``batch_size`` so that one compiled graph serves every batch.
         device (str): torch device, e.g. "cpu" or "cuda".
     """
 
-    def __init__(self, sam, settings: EmbedSettings = EmbedSettings(), device: str = "cpu") -> None:
+    def __init__(self, sam, settings: SamConfig | None = None, runtime: RuntimeConfig | None = None,
+                 device: str = "cpu") -> None:
         import torch
 
         from ..models.sam_fast import resolve_precision, use_sdpa_attention
 
         self.torch = torch
-        self.settings = settings
+        self.settings = settings = settings or SamConfig()
+        self.runtime = runtime or RuntimeConfig()
         self.device = torch.device(device)
         self.dtype = resolve_precision(settings.precision, device)
         self.sam = sam.to(self.device).eval()
-        if settings.sdpa:
-            use_sdpa_attention(self.sam)
+        use_sdpa_attention(self.sam)
         self.sam.image_encoder.to(self.dtype)
         self.encoder = self.sam.image_encoder
         if settings.compile:
@@ -162,8 +136,9 @@ class SamMaskEmbedder:
             x[i, :, h:, :] = 0
             x[i, :, :, w:] = 0
         n = x.shape[0]
-        if self.settings.compile and self.settings.batch_size > n:  # one compiled shape for all batches
-            x = torch.cat([x, x.new_zeros((self.settings.batch_size - n, *x.shape[1:]))])
+        pad_to = self.runtime.batch_size if self.settings.compile else 0
+        if pad_to > n:  # one compiled shape for all batches
+            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         return self.encoder(x.to(self.dtype))[:n]
 
     def embed_prepared(
@@ -176,7 +151,7 @@ class SamMaskEmbedder:
 
         The encoder runs once for the batch; each image's grid goes through the decoder in one
         call; the best masks of all images of the same size are post-processed together on the
-        device (in chunks bounded by ``mask_chunk`` and ``pixel_budget``).
+        device (in chunks bounded by the runtime's ``mask_chunk`` and ``mask_pixel_budget``).
 
         Args:
             padded (np.ndarray): (B, S, S, 3) uint8.
@@ -238,7 +213,8 @@ class SamMaskEmbedder:
 
         torch = self.torch
         s = self.settings
-        chunk = chunk_size(len(best_low), self.image_size, original_size, s.pixel_budget, s.mask_chunk)
+        chunk = chunk_size(len(best_low), self.image_size, original_size, self.runtime.mask_pixel_budget,
+                           self.runtime.mask_chunk)
         rles: list[dict] = []
         stability, boxes = [], []
         for start in range(0, len(best_low), chunk):

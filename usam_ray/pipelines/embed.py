@@ -24,7 +24,6 @@ from ..data.shards import (
     utc_now,
 )
 from ..data.sources import Listing, list_source, parse_source
-from ..methods.sam_embed import EmbedSettings
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
 from ..models.sam import spec_with_arch, token_dim
 from ..progress import Progress
@@ -125,7 +124,7 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
     )
     ds = ds.map_batches(
         SamEmbedStage,
-        fn_constructor_kwargs={"resolved": plan.sam, "settings": embed_settings(cfg), "device": pool.device,
+        fn_constructor_kwargs={"resolved": plan.sam, "settings": cfg.sam, "runtime": cfg.runtime, "device": pool.device,
                                "torch_threads": pool.torch_threads},
         batch_size=cfg.runtime.batch_size, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, zero_copy_batch=True,
         # queued batches per actor: the next batch is already there when one finishes
@@ -137,16 +136,6 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
                    "token_dim": plan.token_dim},
         batch_size=cfg.runtime.shard_size, compute=ray.data.TaskPoolStrategy(size=pool.write_tasks),
         num_cpus=pool.write_cpus,
-    )
-
-
-def embed_settings(cfg: EmbedConfig) -> EmbedSettings:
-    """The embedder's settings from an embed config (SAM section + the runtime's memory bounds)."""
-    return EmbedSettings(
-        points_per_side=cfg.sam.points_per_side, mask_threshold=cfg.sam.mask_threshold,
-        stability_offset=cfg.sam.stability_offset, mask_chunk=cfg.runtime.mask_chunk,
-        pixel_budget=cfg.runtime.mask_pixel_budget, precision=cfg.sam.precision, compile=cfg.sam.compile,
-        batch_size=cfg.runtime.batch_size,
     )
 
 

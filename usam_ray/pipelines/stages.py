@@ -12,11 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import DataConfig
+from ..config import DataConfig, RuntimeConfig, SamConfig
 from ..data.schema import embeddings_table, errors_table, shard_metadata
 from ..data.shards import shard_name, utc_now, write_shard
 from ..data.sources import read_unit
-from ..methods.sam_embed import EmbedSettings, prepare_image
+from ..methods.sam_embed import prepare_image
 from ..models.registry import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ class SamEmbedStage:
 
     Args:
         resolved (ResolvedModel): the SAM checkpoint to load.
-        settings (EmbedSettings): grid and thresholds.
+        settings (SamConfig): grid, thresholds, precision, compile.
+        runtime (RuntimeConfig): mask memory bounds and the batch size (compiled graphs).
         device (str): torch device.
         torch_threads (int): intra-op threads (0 keeps torch's default).
 
@@ -116,8 +117,8 @@ class SamEmbedStage:
     INPUT = ("image_id", "path", "labels", "height", "width", "input_h", "input_w", "image", "error_type",
              "error_stage", "message")
 
-    def __init__(self, resolved: ResolvedModel, settings: EmbedSettings, device: str = "cpu",
-                 torch_threads: int = 0) -> None:
+    def __init__(self, resolved: ResolvedModel, settings: SamConfig, runtime: RuntimeConfig | None = None,
+                 device: str = "cpu", torch_threads: int = 0) -> None:
         import torch
 
         from ..methods.sam_embed import SamMaskEmbedder
@@ -125,9 +126,9 @@ class SamEmbedStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.embedder = SamMaskEmbedder(load_sam(resolved), settings, device)
+        self.embedder = SamMaskEmbedder(load_sam(resolved), settings, runtime, device)
         self.prompts = settings.points_per_side ** 2
-        self.compile_s = self.embedder.warm_up(settings.batch_size) if settings.compile else 0.0
+        self.compile_s = self.embedder.warm_up(self.embedder.runtime.batch_size) if settings.compile else 0.0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns("embed", batch, self.INPUT)

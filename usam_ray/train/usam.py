@@ -176,6 +176,49 @@ def _steps_everywhere(local: int) -> int:
     return int(t.item())
 
 
+def run_epoch(model, opt, batches, config: dict, teacher=None) -> dict[str, float]:
+    """One pass of ``train_step`` over ``batches`` ((x, y) pairs); the mean of each loss term."""
+    sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
+    steps = 0
+    for x, y in batches:
+        for k, v in train_step(model, opt, x, y, config, teacher).items():
+            sums[k] += v
+        steps += 1
+    return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+def validate(model, batches, config: dict, epoch: int) -> dict[str, float]:
+    """``eval_step`` over the validation ``batches``: ``val_mil`` (mean bag loss),
+    ``val_bag_accuracy`` and ``checkpoint_score`` (−val_mil; the epoch when there is no
+    validation data, so that the last checkpoint wins)."""
+    val_loss, val_correct, val_n = 0.0, 0, 0
+    for x, y in batches:
+        loss, correct, n = eval_step(model, x, y, config)
+        val_loss, val_correct, val_n = val_loss + loss, val_correct + correct, val_n + n
+    return {"val_mil": val_loss / val_n if val_n else float("nan"),
+            "val_bag_accuracy": val_correct / val_n if val_n else float("nan"),
+            # Ray Train keeps the best checkpoint by this (and always the last one)
+            "checkpoint_score": -val_loss / val_n if val_n else float(epoch)}
+
+
+def _report(model, metrics: dict, config: dict, rank0: bool) -> None:
+    """Report an epoch to Ray Train, with a head checkpoint from rank 0 (and its live progress)."""
+    import ray.train
+
+    from ..heads.checkpoint import save_head
+
+    if not rank0:
+        ray.train.report(metrics)
+        return
+    if config.get("progress") is not None:
+        config["progress"].put(metrics)
+    base = model.module if hasattr(model, "module") else model
+    with tempfile.TemporaryDirectory() as d:
+        save_head(Path(d) / "head.pt", base, config["classes"], config["phase"], metrics["epoch"], metrics,
+                  config["embeddings"])
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: one phase (teacher: MIL; student: MIL + uncertainty from the
     teacher in ``config["teacher_state"]``), one report per epoch with a checkpoint from rank 0.
@@ -187,7 +230,6 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ..heads.checkpoint import save_head
     from ..heads.mil import MaskClassifier
 
     torch.manual_seed(config["seed"])
@@ -195,10 +237,13 @@ def _train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     bags = collect_bags(ray.train.get_dataset_shard("train").iter_batches(batch_size=None, batch_format="numpy"))
     train_idx, val_idx = np.flatnonzero(~bags["val"]), np.flatnonzero(bags["val"])
+    bs = config["batch_size"]
 
-    def tensors(idx: np.ndarray):
-        x = torch.as_tensor(bags["tokens"][idx].astype(np.float32)).reshape(-1, p, t).to(device)
-        return x, torch.as_tensor(bags["labels"][idx]).to(device)
+    def batches(idx: np.ndarray, count: int):
+        for step in range(count):
+            part = idx[step * bs:(step + 1) * bs]
+            x = torch.as_tensor(bags["tokens"][part].astype(np.float32)).reshape(-1, p, t).to(device)
+            yield x, torch.as_tensor(bags["labels"][part]).to(device)
 
     args = config["head_args"]
     model = ray.train.torch.prepare_model(MaskClassifier(**args))
@@ -208,37 +253,14 @@ def _train_loop(config: dict) -> None:
         teacher.load_state_dict(config["teacher_state"])
         teacher = teacher.to(device).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    bs = config["batch_size"]
-    steps = _steps_everywhere(-(-len(train_idx) // bs))
+    steps = _steps_everywhere(-(-len(train_idx) // bs))  # every rank steps as often (DDP)
     gen = torch.Generator().manual_seed(config["seed"])
     rank0 = ray.train.get_context().get_world_rank() == 0
     for epoch in range(config["epochs"]):
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
-        for step in range(steps):
-            x, y = tensors(order[step * bs:(step + 1) * bs])
-            for k, v in train_step(model, opt, x, y, config, teacher).items():
-                sums[k] += v
-        val_loss, val_correct, val_n = 0.0, 0, 0
-        for start in range(0, len(val_idx), bs):
-            x, y = tensors(val_idx[start:start + bs])
-            loss, correct, n = eval_step(model, x, y, config)
-            val_loss, val_correct, val_n = val_loss + loss, val_correct + correct, val_n + n
-        metrics = {"phase": config["phase"], "epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()},
-                   "val_mil": val_loss / val_n if val_n else float("nan"),
-                   "val_bag_accuracy": val_correct / val_n if val_n else float("nan"),
-                   # Ray Train keeps the best checkpoint by this (and always the last one)
-                   "checkpoint_score": -val_loss / val_n if val_n else float(epoch)}
-        if not rank0:
-            ray.train.report(metrics)
-            continue
-        if config.get("progress") is not None:
-            config["progress"].put(metrics)
-        base = model.module if hasattr(model, "module") else model
-        with tempfile.TemporaryDirectory() as d:
-            save_head(Path(d) / "head.pt", base, config["classes"], config["phase"], epoch, metrics,
-                      config["embeddings"])
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        metrics = {"phase": config["phase"], "epoch": epoch, **run_epoch(model, opt, batches(order, steps), config, teacher)}
+        metrics.update(validate(model, batches(val_idx, -(-len(val_idx) // bs)), config, epoch))
+        _report(model, metrics, config, rank0)
 
 
 def _fit_phase(phase: str, config: dict, ds, out: Path, workers: int, use_gpu: bool, log: Callable[[str], None]):

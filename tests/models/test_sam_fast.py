@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from usam_ray.masks import rles_to_masks
-from usam_ray.methods.sam_embed import EmbedSettings, SamMaskEmbedder
+from usam_ray.config import RuntimeConfig, SamConfig
+from usam_ray.methods.sam_embed import SamMaskEmbedder
 from usam_ray.models import resolve
 from usam_ray.models.sam import load_sam
 from usam_ray.models.sam_fast import precision_name, resolve_precision
@@ -28,7 +29,7 @@ def toy_images():
 
 @pytest.fixture(scope="module")
 def fp32_sets(toy_images):
-    embedder = SamMaskEmbedder(load_sam(resolve("sam:toy")), EmbedSettings(points_per_side=10, precision="fp32"))
+    embedder = SamMaskEmbedder(load_sam(resolve("sam:toy")), SamConfig(points_per_side=10, precision="fp32"))
     return embedder.embed(toy_images)
 
 
@@ -45,7 +46,7 @@ def _agreement(a, b):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_agrees_with_fp32(precision, toy_images, fp32_sets):
-    embedder = SamMaskEmbedder(load_sam(resolve("sam:toy")), EmbedSettings(points_per_side=10, precision=precision))
+    embedder = SamMaskEmbedder(load_sam(resolve("sam:toy")), SamConfig(points_per_side=10, precision=precision))
     assert embedder.sam.image_encoder.patch_embed.proj.weight.dtype == resolve_precision(precision, "cpu")
     sets = embedder.embed(toy_images)
     assert all(s.data["tokens"].dtype == np.float32 for s in sets)  # outputs are float32 whatever the compute
@@ -73,9 +74,9 @@ def test_compiled_encoder_agrees_and_pads_batches(zoo):
     """torch.compile of the encoder (inductor on CPU here) gives the eager outputs, and a batch
     smaller than ``batch_size`` reuses the compiled shape instead of recompiling."""
     images = [scene(np.random.default_rng(200 + i), size=96).image for i in range(3)]
-    eager = SamMaskEmbedder(load_sam(resolve("sam:tiny", zoo)), EmbedSettings(points_per_side=3))
+    eager = SamMaskEmbedder(load_sam(resolve("sam:tiny", zoo)), SamConfig(points_per_side=3))
     compiled = SamMaskEmbedder(load_sam(resolve("sam:tiny", zoo)),
-                               EmbedSettings(points_per_side=3, compile=True, batch_size=2))
+                               SamConfig(points_per_side=3, compile=True), RuntimeConfig(batch_size=2))
     compiled.warm_up(2)
     with torch._dynamo.config.patch(error_on_recompile=True):  # the batch of 1 is padded to the compiled 2
         b = compiled.embed(images[:2]) + compiled.embed(images[2:])
