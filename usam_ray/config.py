@@ -302,6 +302,48 @@ class LabelSettings(_Section):
     min_area: int = Field(16, ge=0, description="Drop masks with fewer pixels.")
 
 
+class FmbsegSettings(_Section):
+    """FMbSeg's Stage 1 (CLIP + SAM pseudo labels) and Stage-2 inputs (``methods/fmbseg.py`` takes
+    this section). Defaults are the paper's."""
+
+    crops_per_side: int = Field(
+        4, ge=1, le=8,
+        description="The image is oversampled to crops_per_side × CLIP's input side and cut into crops_per_side² "
+        "non-overlapping crops (paper: 4 → 16 crops of 336² from 1344²).",
+    )
+    clip_variant: Literal["value", "last"] = Field(
+        "value",
+        description="Dense CLIP patch features: value = the last layer's value path only (no attention mixing, no "
+        "MLP; the paper's fix), last = the last hidden state projected (aligns negatively with the text).",
+    )
+    template: str = Field("a photo of a {c}", description="Text prompt of each class; {c} is the class name.")
+    background_prompt: str = Field(
+        "a photo of the background",
+        description="Text of the background prototype (class 0) that Stage 2 aligns uncovered patches to.",
+    )
+    presence_threshold: int = Field(
+        1, ge=0,
+        description="A class is present when it wins more than this many crops (paper: T = 1). Ignored for images "
+        "whose source gives image-level labels (the paper's semi-supervised variant).",
+    )
+    top_patches: int = Field(5, ge=1, description="Stage 1.1: point prompts per detected class (its most similar patches).")
+    pred_iou_thresh: float = Field(
+        0.97, ge=0, le=1, description="Stage 1.2: keep SAM automatic masks with predicted IoU ≥ this."
+    )
+    min_area_fraction: float = Field(
+        0.001, ge=0, le=1, description="Stage 1.2: drop automatic masks smaller than this share of the image."
+    )
+    max_area_fraction: float = Field(
+        0.9, gt=0, le=1, description="Stage 1.2: drop automatic masks larger than this share of the image."
+    )
+    nms_iou: float = Field(0.7, gt=0, le=1, description="Stage 1.2: mask NMS IoU among the automatic masks.")
+    stage12_fraction: float = Field(
+        0.75, ge=0, le=1,
+        description="Training data: every Stage 1.1 mask plus this seeded random share of Stage 1.2 masks (paper: "
+        "0.75; 1.0 hurts).",
+    )
+
+
 class ExportSection(_Section):
     """Extra label formats written beside ``coco_dataset.json`` (RLE) and ``coco_results.json``."""
 

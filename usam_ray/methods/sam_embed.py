@@ -146,6 +146,7 @@ class SamMaskEmbedder:
         padded: np.ndarray,
         input_sizes: Sequence[tuple[int, int]],
         original_sizes: Sequence[tuple[int, int]],
+        features=None,
     ) -> list[MaskSet]:
         """Embed images already resized and padded by ``prepare_image``.
 
@@ -157,6 +158,8 @@ class SamMaskEmbedder:
             padded (np.ndarray): (B, S, S, 3) uint8.
             input_sizes (list[(h, w)]): resized size of each image inside its pad.
             original_sizes (list[(H, W)]): original size of each image.
+            features (torch.Tensor | None): the batch's image embeddings from ``encode`` when the
+                caller already has them (the encoder then does not run again).
 
         Returns:
             B MaskSets with P = points_per_side² entries: ``masks`` P RLE dicts of size (H, W),
@@ -169,7 +172,8 @@ class SamMaskEmbedder:
         input_sizes = [tuple(int(v) for v in s) for s in input_sizes]
         original_sizes = [tuple(int(v) for v in s) for s in original_sizes]
         with torch.inference_mode():
-            features = self.encode(padded, input_sizes)
+            if features is None:
+                features = self.encode(padded, input_sizes)
             decoded = [self._decode_grid(features[i : i + 1], input_sizes[i], original_sizes[i])
                        for i in range(len(input_sizes))]
             groups: dict[tuple, list[int]] = {}
@@ -246,9 +250,6 @@ class SamMaskEmbedder:
     def decode_points(self, features, points_input: "torch.Tensor"):  # noqa: F821
         """One batched prompt-encoder + mask-decoder call for P single-point prompts on one image.
 
-        The prompt encoder runs in float32; the mask decoder under autocast at the embedder's
-        precision (plain float32 when that is fp32).
-
         Args:
             features (torch.Tensor): (1, C, h, w) image embedding.
             points_input (torch.Tensor): (P, 2) point prompts in the model's input frame.
@@ -256,10 +257,30 @@ class SamMaskEmbedder:
         Returns:
             low_res (P, 3, 4h, 4w) float32 multimask logits, iou_pred (P, 3), tokens (P, token_dim).
         """
-        torch = self.torch
         coords = points_input[:, None, :].float()
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
-        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        return self.decode_prompts(features, coords, self.torch.ones(coords.shape[:2], dtype=self.torch.int,
+                                                                     device=self.device))
+
+    def decode_prompts(self, features, coords, labels, boxes=None, mask_inputs=None):
+        """One batched prompt-encoder + mask-decoder call for Q prompts of several points each.
+
+        The prompt encoder runs in float32; the mask decoder under autocast at the embedder's
+        precision (plain float32 when that is fp32).
+
+        Args:
+            features (torch.Tensor): (1, C, h, w) image embedding.
+            coords (torch.Tensor): (Q, n, 2) points in the model's input frame.
+            labels (torch.Tensor): (Q, n) int: 1 positive, 0 negative.
+            boxes (torch.Tensor | None): (Q, 4) xyxy boxes in the input frame.
+            mask_inputs (torch.Tensor | None): (Q, 1, 4h, 4w) low-res logits as dense prompts.
+
+        Returns:
+            low_res (Q, 3, 4h, 4w) float32 multimask logits, iou_pred (Q, 3), tokens (Q, token_dim).
+        """
+        torch = self.torch
+        coords = coords.float().to(self.device)
+        labels = labels.to(self.device)
+        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=boxes, masks=mask_inputs)
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with autocast, self._capture_mask_tokens() as captured:
             low_res, iou_pred = self.sam.mask_decoder(
@@ -271,3 +292,9 @@ class SamMaskEmbedder:
             )
         tokens = captured["tokens"].reshape(coords.shape[0], -1)
         return low_res.float(), iou_pred.float(), tokens
+
+    def full_size_masks(self, low_res, input_size: tuple[int, int], original_size: tuple[int, int]):
+        """(Q, 1, 4h, 4w) low-res logits → (Q, H, W) bool masks at the original size (on the device)."""
+        from .sam_post import upsample_logits
+
+        return upsample_logits(low_res, self.image_size, input_size, original_size) > self.settings.mask_threshold
