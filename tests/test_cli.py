@@ -113,6 +113,10 @@ def _main(args, capsys) -> tuple[int, str]:
     (["synth", "--out", "x"], "Missing option '--classes'"),
     (["toy", "scenes", "x", "--n", "0"], "Invalid value for '--n'"),
     (["label", "--head", "h", "--out", "o", "--format", "pdf"], "--format: Input should be 'coco-polygons'"),
+    (["pseudo", "--images", "x", "--out", "o"], "pseudo needs --classes"),
+    (["pseudo", "--images", "x", "--out", "o", "--classes", "cat,,dog"], "class list 'cat,,dog' has an empty name"),
+    (["pseudo", "--images", "x", "--out", "o", "--classes", "cat", "--set", "fmbseg.crops_per_side=9"],
+     "fmbseg.crops_per_side: Input should be less than or equal to 8 (got 9)"),
 ])
 def test_bad_arguments_are_one_line_naming_the_option_before_any_work(args, fragment, capsys, tmp_path):
     code, err = _main(args + (["--out", str(tmp_path / "d")] if args[0] == "demo" else []), capsys)

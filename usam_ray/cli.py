@@ -13,7 +13,8 @@ from typing import List, Optional
 import typer
 
 from .config import (
-    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, RunConfig, SynthConfig, TrainUsamConfig,
+    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RunConfig, SynthConfig,
+    TrainUsamConfig,
     detect_config_kind, load_config,
 )
 from .progress import Terminal
@@ -142,6 +143,44 @@ def embed(
         f"embedded {summary.embedded} images, {summary.errors} errors this run "
         f"({summary.already_done} already done); {summary.out} now holds {summary.rows_total} images "
         f"and {summary.errors_total} error rows [fingerprint {summary.fingerprint}, {summary.seconds:.1f}s]"
+    )
+    if summary.errors_total:
+        typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
+@app.command()
+def pseudo(
+    images: Optional[str] = typer.Option(None, "--images", "-i", metavar="SRC",
+                                         help=f"Image source (folder, classes:DIR or Parquet). {REQUIRED}"),
+    classes: Optional[str] = typer.Option(None, "--classes", metavar="NAMES",
+                                          help=f'Classes, comma-separated: "person, bicycle, dog". {REQUIRED}'),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN/pseudo", help="Pseudo-label folder; DINOv2 "
+                                       f"features go beside it (RUN/features). {REQUIRED}"),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    models: Optional[Path] = ModelsOpt,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Try images that failed before again."),
+) -> None:
+    """FMbSeg Stage 1: CLIP + SAM pseudo labels of every image, and its DINOv2 patch features.
+
+    Re-running with the same configuration continues where the last run stopped.
+    """
+    term = Terminal()
+    try:
+        options = {"images": "--images", "classes": "--classes", "out": "--out", "runtime.models_dir": "--models"}
+        cfg = load_config(PseudoConfig, config, _overrides(
+            sets, images=images, classes=classes, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors),
+            options=options)
+        _require(cfg, {"images": "--images", "classes": "--classes", "out": "--out"}, "pseudo")
+        from .pipelines.pseudo import run_pseudo
+
+        summary = run_pseudo(cfg, log=term)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"pseudo-labelled {summary.labelled} images ({summary.masks} masks), {summary.errors} errors this run "
+        f"({summary.already_done} already done); {summary.out} now holds {summary.rows_total} images and "
+        f"{summary.errors_total} error rows [fingerprint {summary.fingerprint}, {summary.seconds:.1f}s]"
     )
     if summary.errors_total:
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")

@@ -422,6 +422,38 @@ class SynthConfig(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
 
+class PseudoConfig(_Section):
+    """`usam-ray pseudo`: FMbSeg Stage 1 pseudo labels (CLIP + SAM) of every image of a source, and
+    each image's DINOv2 patch features for Stage 2, as Parquet shards (RUN/pseudo, RUN/features)."""
+
+    images: Optional[str] = Field(
+        None, description="Source (folder, classes:DIR or Parquet); image-level labels, where it has them, replace "
+        "CLIP's presence test.",
+    )
+    out: Optional[Path] = Field(
+        None, description="Pseudo-label folder (RUN/pseudo); the DINOv2 features go beside it (RUN/features)."
+    )
+    classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
+    retry_errors: bool = Field(False, description="Drop earlier error rows and try those images again.")
+    clip_model: str = Field("auto", description="CLIP (registry name or hub id; paper: ViT-L/14 @ 336).")
+    dino_model: str = Field("auto", description="DINOv2 (registry name or hub id; paper: ViT-L/14 at 518²).")
+    fmbseg: FmbsegSettings = Field(default_factory=FmbsegSettings, description="Stage 1 settings.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (points_per_side: the 1.2 grid).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
+def pseudo_fingerprint(cfg: PseudoConfig, classes: list[str], models: dict[str, str]) -> str:
+    """Fingerprint of the pseudo stage's output: classes, Stage 1 and SAM settings, read settings and
+    the three models' weights (source, output, runtime and ``sam.compile`` excluded). The Stage 1.2
+    share only decides what Stage 2 trains on, so it is excluded too."""
+    return stable_hash({
+        "stage": "pseudo", "classes": classes, "fmbseg": cfg.fmbseg.model_dump(mode="json", exclude={"stage12_fraction"}),
+        "sam": cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint", "compile"}),
+        "data": cfg.data.model_dump(mode="json", exclude={"extensions"}), "models": models,
+    })
+
+
 class DemoConfig(_Section):
     """`usam-ray demo`: the whole job on the toy world (see ``workflows.py`` demo_config)."""
 
@@ -435,7 +467,7 @@ class DemoConfig(_Section):
 #: `usam-ray config show KIND`: every command's configuration class.
 CONFIGS: dict[str, type[BaseModel]] = {
     "embed": EmbedConfig, "label": LabelConfig, "train": TrainUsamConfig, "eval": EvalConfig,
-    "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig,
+    "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig, "pseudo": PseudoConfig,
 }
 
 

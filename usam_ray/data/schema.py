@@ -20,6 +20,16 @@ Shard kinds:
   with the instance shard of the same name: ``image_id`` string (key), ``file_name`` string (the
   image's path relative to its source, as COCO's ``file_name``), ``height``/``width`` int32,
   ``instances`` int32.
+- **pseudo** (``RUN/pseudo/part-*.parquet``), FMbSeg Stage 1, one row per image: ``image_id``,
+  ``path`` strings, ``labels`` list<string> (the source's), ``height``/``width`` int32,
+  ``detected`` list<string> (classes found present), and per pseudo mask: ``class_id``
+  list<int32> (1-based), ``stage`` list<string> (``1.1`` or ``1.2``), ``score`` list<float32>
+  (SAM's predicted IoU), ``boxes`` list<fixed_size_list<float32, 4>> (xyxy), ``mask_counts``
+  list<binary> (COCO RLE of size (height, width)), ``provenance`` list<string>
+  (``fmbseg_stage1_1`` / ``fmbseg_stage1_2``).
+- **features** (``RUN/features/part-*.parquet``, same shard names as pseudo): ``image_id``,
+  ``grid`` int32 (g: the patches form a g × g grid over the squashed image), ``features``
+  list<fixed_size_list<float16, D>> (g² DINOv2 patch tokens, row-major).
 - **images** (Parquet image sources): ``image_id`` string, ``image`` binary (encoded file bytes),
   ``labels`` list<string>.
 
@@ -95,6 +105,49 @@ IMAGES_SCHEMA = pa.schema([
     ("image", pa.binary()),
     ("labels", pa.list_(pa.string())),
 ])
+
+
+PSEUDO_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("path", pa.string()),
+    ("labels", pa.list_(pa.string())),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("detected", pa.list_(pa.string())),
+    ("class_id", pa.list_(pa.int32())),
+    ("stage", pa.list_(pa.string())),
+    ("score", pa.list_(pa.float32())),
+    ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+    ("mask_counts", pa.list_(pa.binary())),
+    ("provenance", pa.list_(pa.string())),
+])
+
+
+def features_schema(dim: int) -> pa.Schema:
+    """The features shard schema for DINOv2 patch tokens of ``dim`` floats."""
+    return pa.schema([("image_id", pa.string()), ("grid", pa.int32()),
+                      ("features", pa.list_(pa.list_(pa.float16(), dim)))])
+
+
+def features_table(image_ids: list[str], features: list[np.ndarray]) -> pa.Table:
+    """Features shard table: per image a (g², D) array → its row (``grid`` = g)."""
+    dim = features[0].shape[1] if features else 0
+    grids = [int(round(len(f) ** 0.5)) for f in features]
+    flat = np.concatenate([f.astype(np.float16).reshape(-1) for f in features]) if features else np.zeros(0, np.float16)
+    offsets = np.cumsum([0, *[len(f) for f in features]]).astype(np.int32)
+    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), dim)
+    column = pa.ListArray.from_arrays(pa.array(offsets), inner)
+    return pa.Table.from_arrays([pa.array(image_ids, pa.string()), pa.array(grids, pa.int32()), column],
+                                schema=features_schema(dim))
+
+
+def features_arrays(table: pa.Table) -> list[np.ndarray]:
+    """A features table → per image its (g², D) float32 array (read through Arrow, no Python lists)."""
+    column = table.column("features").combine_chunks()
+    dim = column.type.value_type.list_size
+    flat = column.values.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    offsets = column.offsets.to_numpy()
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(table))]
 
 
 def shard_metadata(kind: str, fingerprint: str, models: dict[str, str]) -> dict[bytes, bytes]:
