@@ -110,6 +110,18 @@ def _overrides(sets: Optional[List[str]], **fields: object) -> list[str]:
     return out
 
 
+def _echo_image_stage(done: str, summary) -> None:
+    """The closing lines of a per-image stage (embed, pseudo): this run, the totals on disk, and
+    where the error rows are."""
+    typer.echo(
+        f"{done}, {summary.errors} errors this run ({summary.already_done} already done); {summary.out} now holds "
+        f"{summary.rows_total} images and {summary.errors_total} error rows [fingerprint {summary.fingerprint}, "
+        f"{summary.seconds:.1f}s]"
+    )
+    if summary.errors_total:
+        typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+
+
 @app.command()
 def embed(
     images: Optional[str] = typer.Option(
@@ -139,13 +151,7 @@ def embed(
         summary = run_embed(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
-    typer.echo(
-        f"embedded {summary.embedded} images, {summary.errors} errors this run "
-        f"({summary.already_done} already done); {summary.out} now holds {summary.rows_total} images "
-        f"and {summary.errors_total} error rows [fingerprint {summary.fingerprint}, {summary.seconds:.1f}s]"
-    )
-    if summary.errors_total:
-        typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+    _echo_image_stage(f"embedded {summary.embedded} images", summary)
 
 
 @app.command()
@@ -177,13 +183,7 @@ def pseudo(
         summary = run_pseudo(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
-    typer.echo(
-        f"pseudo-labelled {summary.labelled} images ({summary.masks} masks), {summary.errors} errors this run "
-        f"({summary.already_done} already done); {summary.out} now holds {summary.rows_total} images and "
-        f"{summary.errors_total} error rows [fingerprint {summary.fingerprint}, {summary.seconds:.1f}s]"
-    )
-    if summary.errors_total:
-        typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
+    _echo_image_stage(f"pseudo-labelled {summary.labelled} images ({summary.masks} masks)", summary)
 
 
 LABEL_OPTIONS = {"images": "--images", "embeddings": "--from-embeddings", "head": "--head", "out": "--out",

@@ -28,7 +28,7 @@ from ..models.registry import ResolvedModel, models_dir_from_env, resolve_defaul
 from ..models.sam import spec_with_arch, token_dim
 from ..progress import Progress
 from ..runtime import init_ray, plan_model_pool, quiet_ray_data
-from .stages import SamEmbedStage, read_decode_batch, write_errors, write_shard_batch
+from .stages import SamEmbedStage, read_images, write_errors, write_shard_batch
 
 STAGE = "embed"
 
@@ -113,15 +113,7 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
     cfg = plan.cfg
     resources = resources or init_ray(cfg.runtime.address)
     pool = plan_model_pool(cfg.runtime, resources)
-    units = plan.listing.units
-    # one block per work unit (a batch of files, or a Parquet row group): the first batch reaches
-    # the model as soon as one unit is decoded
-    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    read_batch = 1 if units and units[0]["kind"] == "parquet" else cfg.runtime.batch_size
-    ds = ds.map_batches(
-        read_decode_batch, fn_kwargs={"data": cfg.data, "long_side": plan.sam.spec.input_size},
-        batch_size=read_batch, compute=ray.data.TaskPoolStrategy(size=pool.read_tasks), num_cpus=pool.read_cpus,
-    )
+    ds = read_images(plan.listing.units, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
     ds = ds.map_batches(
         SamEmbedStage,
         fn_constructor_kwargs={"resolved": plan.sam, "settings": cfg.sam, "runtime": cfg.runtime, "device": pool.device,

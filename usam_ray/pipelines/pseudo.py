@@ -28,7 +28,7 @@ from ..models.sam import spec_with_arch
 from ..progress import Progress
 from ..runtime import init_ray, plan_model_pool, quiet_ray_data
 from ..types import Ontology
-from .stages import object_column, read_decode_batch, require_columns, write_errors
+from .stages import object_column, read_images, require_columns, write_errors
 
 STAGE = "pseudo"
 FEATURES = "features"
@@ -210,13 +210,7 @@ def build_pseudo_dataset(plan: PseudoPlan, resources):
 
     cfg = plan.cfg
     pool = plan_model_pool(cfg.runtime, resources)
-    units = plan.listing.units
-    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    read_batch = 1 if units and units[0]["kind"] == "parquet" else cfg.runtime.batch_size
-    ds = ds.map_batches(
-        read_decode_batch, fn_kwargs={"data": cfg.data, "long_side": plan.sam.spec.input_size},
-        batch_size=read_batch, compute=ray.data.TaskPoolStrategy(size=pool.read_tasks), num_cpus=pool.read_cpus,
-    )
+    ds = read_images(plan.listing.units, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
     ds = ds.map_batches(
         PseudoStage,
         fn_constructor_kwargs={"sam": plan.sam, "clip": plan.clip, "dino": plan.dino, "classes": plan.classes,

@@ -97,6 +97,31 @@ def read_decode_batch(batch: dict[str, np.ndarray], data: DataConfig, long_side:
     return ReadDecodeStage(data, long_side)(batch)
 
 
+def read_images(units: list[dict], data: DataConfig, long_side: int, batch_size: int, pool):
+    """The read half of every image pipeline: work units → decoded, resized and padded images
+    (``ReadDecodeStage`` output) as CPU tasks, one block per unit so the first batch reaches the
+    model as soon as one unit is decoded.
+
+    Args:
+        units (list[dict]): ``Listing.units``.
+        data (DataConfig): reading settings.
+        long_side (int): the model's input side.
+        batch_size (int): files per read task (a Parquet unit is read whole: its row group).
+        pool (ModelPool): ``read_tasks`` and ``read_cpus``.
+
+    Returns:
+        ray.data.Dataset.
+    """
+    import ray.data
+
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    read_batch = 1 if units and units[0]["kind"] == "parquet" else batch_size
+    return ds.map_batches(
+        read_decode_batch, fn_kwargs={"data": data, "long_side": long_side}, batch_size=read_batch,
+        compute=ray.data.TaskPoolStrategy(size=pool.read_tasks), num_cpus=pool.read_cpus,
+    )
+
+
 class SamEmbedStage:
     """Model stage: SAM mask embeddings of decoded images (the model is built once per actor).
 
