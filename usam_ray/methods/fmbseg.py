@@ -131,8 +131,9 @@ class FmbsegModels:
         self.classes = list(classes)
         self.settings = settings
         prompts = [settings.template.format(c=c) for c in self.classes]
-        self.text = text_features(clip, prompts).to(self.device)  # (C, E)
-        self.prototypes = text_features(clip, [settings.background_prompt, *prompts]).to(self.device)  # (1+C, E)
+        # (1 + C, E): background first, then the classes, encoded once
+        self.prototypes = text_features(clip, [settings.background_prompt, *prompts]).to(self.device)
+        self.text = self.prototypes[1:]  # (C, E)
 
     def _normalised(self, visible: np.ndarray, mean, std):
         torch = self.torch
@@ -182,7 +183,7 @@ def stage11(models: FmbsegModels, features, clip_map, classes: list[int], input_
     torch = models.torch
     h_in, w_in = input_size
     if not classes:
-        return _empty(original_size, {"points": np.zeros((0, models.settings.top_patches, 2), np.float32)})
+        return _empty({"points": np.zeros((0, models.settings.top_patches, 2), np.float32)})
     norm = np.stack([top_patch_points(clip_map, models.text[c], models.settings.top_patches) for c in classes])
     coords = torch.as_tensor(norm * np.array([w_in, h_in], np.float32))
     labels = torch.ones(coords.shape[:2], dtype=torch.int)
@@ -207,13 +208,13 @@ def stage12(models: FmbsegModels, auto: MaskSet, clip_map, classes: list[int]) -
     s = models.settings
     height, width = auto.masks[0]["size"] if len(auto) else (0, 0)
     if not classes or not len(auto):
-        return _empty((height, width), {"similarity": np.zeros(0, np.float32)})
+        return _empty({"similarity": np.zeros(0, np.float32)})
     iou = np.asarray(auto.data["iou_pred"], np.float32)
     areas = rle_areas(auto.masks) / float(height * width)
     keep = np.flatnonzero((iou >= s.pred_iou_thresh) & (areas >= s.min_area_fraction) & (areas <= s.max_area_fraction))
     keep = keep[mask_nms([auto.masks[i] for i in keep], iou[keep], s.nms_iou)] if len(keep) else keep
     if not len(keep):
-        return _empty((height, width), {"similarity": np.zeros(0, np.float32)})
+        return _empty({"similarity": np.zeros(0, np.float32)})
     rles = [auto.masks[i] for i in keep]
     feats = mean_feature_in_masks(clip_map, rles_to_masks(rles, (height, width)))
     sim = (feats @ models.text[classes].T).cpu().numpy()  # (N, detected)
@@ -222,7 +223,7 @@ def stage12(models: FmbsegModels, auto: MaskSet, clip_map, classes: list[int]) -
                    {"similarity": sim[np.arange(len(keep)), choice].astype(np.float32)})
 
 
-def _empty(size: tuple[int, int], data: dict) -> MaskSet:
+def _empty(data: dict) -> MaskSet:
     return MaskSet([], np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), data)
 
 
@@ -384,7 +385,7 @@ def instances_from_map(semantic: np.ndarray, scores: Optional[np.ndarray] = None
             classes.append(int(c) - 1)
             values.append(float(scores[c][m].mean()) if scores is not None else 1.0)
     if not masks:
-        return _empty(semantic.shape, {})
+        return _empty({})
     binary = np.stack(masks)
     order = np.argsort(-binary.reshape(len(binary), -1).sum(1), kind="stable")
     binary = binary[order]
