@@ -75,7 +75,7 @@ def test_shipped_configs_load():
         is_run = "classes" in (yaml.safe_load(path.read_text()) or {})
         cfg = load_config(RunConfig if is_run else EmbedConfig, path)
         if is_run:
-            assert len(Ontology.from_names(cfg.classes).classes) in (20, 80)
+            assert len(Ontology.from_names(cfg.classes).classes) in (20, 80, 171)  # VOC, COCO, COCO-Stuff
 
 
 def test_ci_runs_the_readme_test_command():

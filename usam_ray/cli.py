@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .config import (
-    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RunConfig, SynthConfig,
+    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RunConfig, SynthConfig, TrainAlignConfig,
     TrainUsamConfig,
     detect_config_kind, load_config,
 )
@@ -187,7 +187,8 @@ def pseudo(
 
 
 LABEL_OPTIONS = {"images": "--images", "embeddings": "--from-embeddings", "head": "--head", "out": "--out",
-                 "runtime.models_dir": "--models", "export.formats": "--format"}
+                 "runtime.models_dir": "--models", "export.formats": "--format", "method": "--method",
+                 "refined": "--refined"}
 
 
 @app.command()
@@ -198,7 +199,11 @@ def label(
         None, "--from-embeddings", metavar="DIR",
         help="Label stored embeddings (RUN/embed) without running SAM again. One of --images or this is required."),
     head: Optional[Path] = typer.Option(None, "--head", metavar="DIR",
-                                        help=f"Head directory (RUN/head) or a .pt checkpoint. {REQUIRED}"),
+                                        help=f"Head directory (RUN/head, RUN/align) or a .pt checkpoint. {REQUIRED}"),
+    method: Optional[str] = typer.Option(None, "--method", metavar="METHOD",
+                                         help="usam (SAM masks → U-SAM head) or fmbseg (DINOv2 → alignment head) "
+                                         "[default: usam]."),
+    refined: bool = typer.Option(False, "--refined", help="fmbseg: refine the base labels with SAM's automatic masks."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Labels directory (RUN/labels). {REQUIRED}"),
     classes: Optional[str] = typer.Option(None, "--classes", metavar="TEXT", help="Expected classes (checked against the head)."),
     overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs and overlays/index.html."),
@@ -210,7 +215,8 @@ def label(
     sets: Optional[List[str]] = SetOpt,
     models: Optional[Path] = ModelsOpt,
 ) -> None:
-    """Label every image: SAM masks → head → threshold → mask NMS → instances + semantic maps.
+    """Label every image: SAM masks → head → threshold → mask NMS → instances + semantic maps
+    (--method fmbseg: DINOv2 patches → alignment head → nearest class text, --refined by SAM).
 
     Writes instances/part-*.parquet, coco_dataset.json (images, RLE annotations, categories),
     coco_results.json (same image ids), classes.json, semantic/<key>.png (and overlays/).
@@ -222,12 +228,19 @@ def label(
 
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
         cfg = load_config(LabelConfig, config, _overrides(
-            sets, images=images, embeddings=from_embeddings, head=head, out=out, overlays=overlays,
-            **{"runtime.models_dir": models, "export.formats": formats or None}), options=LABEL_OPTIONS)
+            sets, images=images, embeddings=from_embeddings, head=head, out=out, overlays=overlays, method=method,
+            refined=refined, **{"runtime.models_dir": models, "export.formats": formats or None}), options=LABEL_OPTIONS)
         _require(cfg, {"head": "--head", "out": "--out"}, "label")
-        if cfg.images is None and cfg.embeddings is None:
+        if cfg.method == "fmbseg":
+            if cfg.images is None:
+                _fail("label --method fmbseg needs --images (it runs DINOv2 on them)")
+            from .pipelines.label_fmbseg import run_label_fmbseg as run_label
+        elif cfg.refined:
+            _fail("--refined applies to --method fmbseg only")
+        elif cfg.images is None and cfg.embeddings is None:
             _fail("label needs --images or --from-embeddings")
-        from .pipelines.label import run_label
+        else:
+            from .pipelines.label import run_label
 
         summary = run_label(cfg, log=term, classes=names)
     except _user_errors() as exc:
@@ -388,6 +401,35 @@ def train_usam_cmd(
     typer.echo(f"heads written to {cfg.out}: teacher.pt, student.pt, best.pt (student epoch {summary['best']['epoch']})")
 
 
+@train_app.command("align")
+def train_align_cmd(
+    pseudo: Optional[Path] = typer.Option(None, "--pseudo", "-p", metavar="DIR",
+                                          help=f"Pseudo-label folder (RUN/pseudo) from `usam-ray pseudo`. {REQUIRED}"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Head directory (RUN/align). {REQUIRED}"),
+    kind: Optional[str] = typer.Option(None, "--kind", metavar="KIND",
+                                       help="Alignment module: block (the paper's), mlp or linear [default: block]."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    models: Optional[Path] = ModelsOpt,
+) -> None:
+    """Train FMbSeg's alignment module (DINOv2 patches → CLIP text space, TSupCon) on Ray Train.
+
+    Reads the DINOv2 features cached by `pseudo` (RUN/features); writes align.pt, best.pt and head.json.
+    """
+    term = Terminal()
+    try:
+        cfg = load_config(TrainAlignConfig, config,
+                          _overrides(sets, pseudo=pseudo, out=out, kind=kind, **{"runtime.models_dir": models}),
+                          options={"pseudo": "--pseudo", "out": "--out", "kind": "--kind", "runtime.models_dir": "--models"})
+        _require(cfg, {"pseudo": "--pseudo", "out": "--out"}, "train align")
+        from .train.align import train_align
+
+        summary = train_align(cfg, log=term)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"alignment module written to {cfg.out}: align.pt, best.pt (epoch {summary['best']['epoch'] + 1})")
+
+
 @app.command("eval")
 def eval_(
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", metavar="DIR",
@@ -534,9 +576,11 @@ def toy_check(
 def _print_quality(quality: dict) -> None:
     typer.echo(f"sam:toy   mean mask IoU (one interior point per instance)   {quality['sam_mean_iou']:.3f}")
     typer.echo(f"clip:toy  zero-shot crop accuracy (5 classes, chance 0.2)   {quality['clip_zero_shot_accuracy']:.3f}")
-    typer.echo(f"dino:toy  linear-probe patch accuracy / balanced            "
+    typer.echo(f"dino:toy  class-balanced linear probe, patch accuracy / balanced   "
                f"{quality['dino_probe_patch_accuracy']:.3f} / {quality['dino_probe_balanced_accuracy']:.3f}")
     typer.echo(f"on {quality['held_out_scenes']} held-out scenes (seed {quality['held_out_seed']})")
+    typer.echo("dino:toy was distilled without labels from the toy SAM's feature map (every patch) and the toy "
+               "CLIP's embeddings of object cut-outs (patches an object covers): see toyworld/toy_dino.py")
 
 
 @config_app.command("show")

@@ -364,10 +364,17 @@ class LabelConfig(_Section):
 
     images: Optional[str] = Field(None, description="Image source to label (embedded first into OUT/../embed).")
     embeddings: Optional[Path] = Field(None, description="Label stored embeddings (RUN/embed) instead of images.")
-    head: Optional[Path] = Field(None, description="Head directory (RUN/head) written by `usam-ray train usam`.")
-    checkpoint: Literal["best", "student", "teacher"] = Field(
-        "best", description="Which head: best (validation), student (last) or teacher (MIL only)."
+    head: Optional[Path] = Field(
+        None, description="Head directory: RUN/head (`usam-ray train usam`) or RUN/align (`usam-ray train align`)."
     )
+    method: Literal["usam", "fmbseg"] = Field(
+        "usam", description="usam (SAM masks classified by the U-SAM head) or fmbseg (DINOv2 patches → alignment head)."
+    )
+    refined: bool = Field(False, description="fmbseg: relabel SAM's automatic masks by the majority of the base labels.")
+    checkpoint: Literal["best", "student", "teacher", "align"] = Field(
+        "best", description="Which head: best (validation), student (last) or teacher (MIL only); align (FMbSeg's last)."
+    )
+    retry_errors: bool = Field(False, description="fmbseg: drop earlier error rows and try those images again.")
     out: Optional[Path] = Field(None, description="Labels directory (RUN/labels).")
     overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
     export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
@@ -391,26 +398,6 @@ class SynthSection(_Section):
     size: int = Field(512, ge=16, description="Generated image side in pixels.")
     seed: int = Field(0, description="Base seed; each image's seed derives from (class, index).")
     folder: Optional[Path] = Field(None, description="Class-per-folder root (source folder).")
-
-
-class RunConfig(_Section):
-    """`usam-ray run`: synth → embed → train → label → eval, each stage resumed or skipped."""
-
-    out: Optional[Path] = Field(None, description="Run directory.")
-    classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
-    images: Optional[str] = Field(None, description="The images to label (folder, classes:DIR or Parquet).")
-    gt: Optional[str] = Field(None, description="Ground truth for evaluation (voc:…, coco:…, folder:…); none: skip.")
-    synth: SynthSection = Field(default_factory=SynthSection, description="Training images.")
-    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (training and labelling).")
-    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
-    train: TrainUsamConfig = Field(default_factory=TrainUsamConfig, description="Head training (paths filled in).")
-    label: LabelSettings = Field(default_factory=LabelSettings, description="Labelling thresholds.")
-    checkpoint: Literal["best", "student", "teacher"] = Field("best", description="Head used for the labels.")
-    overlays: bool = Field(True, description="Write overlay PNGs next to the labels.")
-    export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
-    baselines: bool = Field(False, description="Also label and score MIL-only, SAM+CLIP and all-background.")
-    clip_model: str = Field("auto", description="CLIP for the SAM+CLIP baseline (registry name or hub id).")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
 
 class SynthConfig(_Section):
@@ -454,6 +441,66 @@ def pseudo_fingerprint(cfg: PseudoConfig, classes: list[str], models: dict[str, 
     })
 
 
+class TrainAlignConfig(_Section):
+    """`usam-ray train align`: FMbSeg's Stage 2 — the alignment module from cached DINOv2 patch
+    features (RUN/features) into CLIP's text space, trained with TSupCon on Stage 1's pseudo
+    labels (RUN/pseudo)."""
+
+    pseudo: Optional[Path] = Field(None, description="Pseudo-label folder (RUN/pseudo) written by `usam-ray pseudo`.")
+    features: Optional[Path] = Field(None, description="DINOv2 feature folder; default: RUN/features beside --pseudo.")
+    out: Optional[Path] = Field(None, description="Head directory to write (RUN/align).")
+    kind: Literal["block", "mlp", "linear"] = Field(
+        "block", description="Alignment module: block (one transformer block; the paper's), mlp or linear (its ablation)."
+    )
+    epochs: int = Field(10, ge=1, description="Epochs (paper: 10).")
+    batch_size: int = Field(5, ge=1, description="Images per step; TSupCon contrasts all their patches (paper: 5).")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate, annealed to 0 by a cosine schedule.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
+    temperature: float = Field(0.1, gt=0, description="TSupCon temperature τ.")
+    heads: int = Field(4, ge=1, description="Attention heads of the block (DINOv2's width must divide by it).")
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP width over DINOv2's width (block and mlp kinds).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Images (by id hash) held out to pick the best epoch.")
+    seed: int = Field(0, description="Seed of the initialisation, the epoch order and the Stage 1.2 share.")
+    workers: Optional[int] = Field(None, ge=1, description="Ray Train workers; default one per GPU, else 1.")
+    fmbseg: FmbsegSettings = Field(
+        default_factory=FmbsegSettings,
+        description="template and background_prompt (the text prototypes) and stage12_fraction (the training data).",
+    )
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings (address, device).")
+
+
+class RunConfig(_Section):
+    """`usam-ray run`: each method's stages (U-SAM: synth → embed → train → label; FMbSeg: pseudo →
+    train align → label) → eval, each stage resumed or skipped."""
+
+    out: Optional[Path] = Field(None, description="Run directory.")
+    methods: list[Literal["usam", "fmbseg"]] = Field(
+        default_factory=lambda: ["usam"], min_length=1,
+        description="Methods to run, in order; the first writes RUN/labels and RUN/eval, each other one RUN/<method>/.",
+    )
+    classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
+    images: Optional[str] = Field(None, description="The images to label (folder, classes:DIR or Parquet).")
+    gt: Optional[str] = Field(None, description="Ground truth for evaluation (voc:…, coco:…, folder:…); none: skip.")
+    synth: SynthSection = Field(default_factory=SynthSection, description="Training images.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings (training and labelling).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    train: TrainUsamConfig = Field(default_factory=TrainUsamConfig, description="Head training (paths filled in).")
+    label: LabelSettings = Field(default_factory=LabelSettings, description="Labelling thresholds.")
+    checkpoint: Literal["best", "student", "teacher"] = Field("best", description="Head used for the labels.")
+    overlays: bool = Field(True, description="Write overlay PNGs next to the labels.")
+    export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
+    baselines: bool = Field(
+        False, description="Also label and score the other rows of the comparison: MIL-only and SAM+CLIP (with usam), "
+        "Stage 1 and the other of base/refined (with fmbseg), all-background.")
+    clip_model: str = Field("auto", description="CLIP for FMbSeg and the SAM+CLIP baseline (registry name or hub id).")
+    dino_model: str = Field("auto", description="DINOv2 for FMbSeg (registry name or hub id).")
+    fmbseg: FmbsegSettings = Field(default_factory=FmbsegSettings, description="FMbSeg Stage 1 (and its training share).")
+    align: TrainAlignConfig = Field(default_factory=TrainAlignConfig, description="FMbSeg Stage 2 training (paths filled in).")
+    refined: bool = Field(True, description="FMbSeg's labels refined by SAM's automatic masks (false: the base labels).")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
 class DemoConfig(_Section):
     """`usam-ray demo`: the whole job on the toy world (see ``workflows.py`` demo_config)."""
 
@@ -467,7 +514,7 @@ class DemoConfig(_Section):
 #: `usam-ray config show KIND`: every command's configuration class.
 CONFIGS: dict[str, type[BaseModel]] = {
     "embed": EmbedConfig, "label": LabelConfig, "train": TrainUsamConfig, "eval": EvalConfig,
-    "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig, "pseudo": PseudoConfig,
+    "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig, "pseudo": PseudoConfig, "align": TrainAlignConfig,
 }
 
 

@@ -1,15 +1,20 @@
 """Workflows (L5): ``usam-ray run`` and ``usam-ray demo`` chain the stages — class names in, a
 labelled and scored dataset out, with the baselines and their comparison.
 
-Stages, each resumed (embed, synth, label) or skipped when its output for the same fingerprint
-exists (train):
+Stages, each resumed (embed, synth, pseudo, label) or skipped when its output for the same
+fingerprint exists (train, train align). The first of ``methods`` works in RUN, any other in
+RUN/<method>:
 
-    synth → RUN/synth            (Parquet images per class; none for a folder source)
-    embed → RUN/train/embed      (SAM embeddings of the training images)
-    train → RUN/head             (MIL teacher, distilled student)
-    label → RUN/embed, RUN/labels
+    U-SAM   synth → RUN/synth            (Parquet images per class; none for a folder source)
+            embed → RUN/train/embed      (SAM embeddings of the training images)
+            train → RUN/head             (MIL teacher, distilled student)
+            label → RUN/embed, RUN/labels
+    FMbSeg  pseudo → RUN/pseudo, RUN/features   (Stage 1 on the images to label themselves)
+            train align → RUN/align
+            label → RUN/labels           (refined by SAM unless refined: false)
     eval  → RUN/eval             (when ground truth is given)
-    baselines → RUN/baselines/{mil_only,sam_clip,background}/ (labels + eval), RUN/eval/comparison.json
+    baselines → RUN/[<method>/]baselines/<id>/labels and …/eval; RUN/eval/comparison.json keyed by
+            the stable method ids of ``METHOD_NAMES``
 """
 
 from __future__ import annotations
@@ -23,78 +28,151 @@ from .data.shards import atomic_write_bytes
 from .types import Ontology
 
 
-def _train_up_to_date(head_dir: Path, embed_fp: str, settings: dict) -> bool:
+#: display names of the comparison's stable method ids (``eval/comparison.json`` keys)
+METHOD_NAMES = {
+    "usam": "U-SAM (MIL + distillation)", "usam_mil": "U-SAM, MIL only (teacher)", "sam_clip": "SAM + CLIP",
+    "fmbseg_stage1_1": "FMbSeg Stage 1.1", "fmbseg_stage1": "FMbSeg Stage 1 (1.1 + share of 1.2)",
+    "fmbseg": "FMbSeg (base)", "fmbseg_refined": "FMbSeg (refined)", "background": "all background",
+}
+
+
+def _train_up_to_date(head_dir: Path, fingerprint: str, settings: dict, files: tuple[str, ...]) -> bool:
     meta = head_dir / "head.json"
-    if not meta.is_file() or not all((head_dir / f"{n}.pt").is_file() for n in ("teacher", "student", "best")):
+    if not meta.is_file() or not all((head_dir / f"{n}.pt").is_file() for n in files):
         return False
     summary = json.loads(meta.read_text())
     trained = {k: v for k, v in summary["settings"].items() if k not in ("runtime", "workers")}
-    return summary["embeddings"]["fingerprint"] == embed_fp and trained == settings
+    return summary["embeddings"]["fingerprint"] == fingerprint and trained == settings
 
 
-def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
-    """Run every stage of ``cfg``; returns {"labels": summary, "eval": report or None, "comparison": …}."""
-    from .eval.evaluate import run_eval
-    from .eval.report import write_reports
+def _usam(cfg: RunConfig, where: Path, classes: list[str], log: Callable[[str], None]) -> tuple[dict[str, Path], dict]:
+    """U-SAM's stages in ``where``: synth → train/embed → head → embed + labels. Returns the labels
+    directories by method id (``usam``; with baselines ``usam_mil`` and ``sam_clip``) and the
+    labelling summary."""
     from .models.registry import models_dir_from_env, resolve_default
-    from .train.usam import embeddings_info, train_usam
     from .pipelines.embed import run_embed
     from .pipelines.label import run_label, run_sam_clip
-    from .pipelines.label_outputs import write_label_outputs
     from .pipelines.synth import run_synth
+    from .train.usam import embeddings_info, train_usam
 
-    check_run(cfg)
-    ontology = Ontology.from_names(cfg.classes)
-    classes = list(ontology.classes)
-    run = Path(cfg.out)
     s = cfg.synth
     if s.source == "folder":
         train_source = f"classes:{s.folder}"
     else:
-        run_synth(SynthConfig(classes=cfg.classes, out=run / "synth", synth=s, runtime=cfg.runtime), log=log)
-        train_source = str(run / "synth")
-    run_embed(EmbedConfig(images=train_source, out=run / "train", sam=cfg.sam, data=cfg.data, runtime=cfg.runtime),
+        run_synth(SynthConfig(classes=cfg.classes, out=where / "synth", synth=s, runtime=cfg.runtime), log=log)
+        train_source = str(where / "synth")
+    run_embed(EmbedConfig(images=train_source, out=where / "train", sam=cfg.sam, data=cfg.data, runtime=cfg.runtime),
               log=log)
-    embed_fp = embeddings_info(run / "train" / "embed")["fingerprint"]
-    tcfg = cfg.train.model_copy(update={"embeddings": run / "train" / "embed", "out": run / "head", "classes": classes})
+    embed_fp = embeddings_info(where / "train" / "embed")["fingerprint"]
+    tcfg = cfg.train.model_copy(update={"embeddings": where / "train" / "embed", "out": where / "head",
+                                        "classes": classes})
     settings = tcfg.model_dump(mode="json", exclude={"runtime", "workers"})
-    if _train_up_to_date(run / "head", embed_fp, settings):
-        log(f"train: {run / 'head'} is up to date for embeddings {embed_fp}")
+    if _train_up_to_date(where / "head", embed_fp, settings, ("teacher", "student", "best")):
+        log(f"train: {where / 'head'} is up to date for embeddings {embed_fp}")
     else:
         train_usam(tcfg, log=log)
-    lcfg = LabelConfig(images=cfg.images, head=run / "head", checkpoint=cfg.checkpoint, out=run / "labels",
+    lcfg = LabelConfig(images=cfg.images, head=where / "head", checkpoint=cfg.checkpoint, out=where / "labels",
                        overlays=cfg.overlays, export=cfg.export, label=cfg.label, sam=cfg.sam, data=cfg.data,
                        runtime=cfg.runtime)
-    labels = run_label(lcfg, log=log, classes=classes)
-    result: dict = {"labels": labels.__dict__, "eval": None, "comparison": None}
+    summary = run_label(lcfg, log=log, classes=classes).__dict__
+    out = {"usam_mil" if cfg.checkpoint == "teacher" else "usam": where / "labels"}
+    if not cfg.baselines:
+        return out, summary
+    quiet = lambda _l: None  # noqa: E731
+    base = where / "baselines"
+    if cfg.checkpoint != "teacher":
+        mil = LabelConfig(embeddings=where / "embed", head=where / "head", checkpoint="teacher",
+                          out=base / "mil_only" / "labels", label=cfg.label, runtime=cfg.runtime)
+        run_label(mil, log=quiet, classes=classes)
+        out["usam_mil"] = mil.out
+    clip = resolve_default("clip", cfg.clip_model, models_dir_from_env(cfg.runtime.models_dir))
+    run_sam_clip(where / "embed", base / "sam_clip" / "labels", classes, clip,
+                 cfg.label.model_copy(update={"score_threshold": 0.70}), cfg.runtime, log=quiet)
+    out["sam_clip"] = base / "sam_clip" / "labels"
+    return out, summary
+
+
+def _fmbseg(cfg: RunConfig, where: Path, classes: list[str], log: Callable[[str], None]) -> tuple[dict[str, Path], dict]:
+    """FMbSeg's stages in ``where``: pseudo (+ features) on the images themselves → align →
+    labels (refined unless ``cfg.refined`` is false). Returns the labels directories by method id
+    (``fmbseg_refined`` or ``fmbseg``; with baselines also the other one and Stage 1's
+    ``fmbseg_stage1_1`` and ``fmbseg_stage1``) and the (first) labelling summary."""
+    from .config import PseudoConfig
+    from .pipelines.label_fmbseg import run_label_fmbseg
+    from .pipelines.pseudo import run_pseudo, write_stage1_labels
+
+    pseudo = run_pseudo(PseudoConfig(images=cfg.images, out=where / "pseudo", classes=cfg.classes,
+                                     clip_model=cfg.clip_model, dino_model=cfg.dino_model, fmbseg=cfg.fmbseg,
+                                     sam=cfg.sam, data=cfg.data, runtime=cfg.runtime), log=log)
+    acfg = cfg.align.model_copy(update={"pseudo": where / "pseudo", "out": where / "align", "fmbseg": cfg.fmbseg,
+                                        "runtime": cfg.runtime})
+    settings = acfg.model_dump(mode="json", exclude={"runtime", "workers"})
+    if _train_up_to_date(where / "align", pseudo.fingerprint, settings, ("align", "best")):
+        log(f"train align: {where / 'align'} is up to date for pseudo labels {pseudo.fingerprint}")
+    else:
+        from .train.align import train_align
+
+        train_align(acfg, log=log)
+    variants = [cfg.refined] + ([not cfg.refined] if cfg.baselines else [])
+    out: dict[str, Path] = {}
+    summary: dict = {}
+    for k, refined in enumerate(variants):
+        labels = where / "labels" if k == 0 else where / "baselines" / ("fmbseg_refined" if refined else "fmbseg") / "labels"
+        lcfg = LabelConfig(images=cfg.images, head=where / "align", method="fmbseg", refined=refined, out=labels,
+                           overlays=cfg.overlays and k == 0, export=cfg.export, label=cfg.label, sam=cfg.sam,
+                           data=cfg.data, runtime=cfg.runtime)
+        done = run_label_fmbseg(lcfg, log=log if k == 0 else (lambda _l: None), classes=classes).__dict__
+        summary = summary if k else done
+        out["fmbseg_refined" if refined else "fmbseg"] = labels
+    if cfg.baselines:
+        for key, fraction in (("fmbseg_stage1_1", 0.0), ("fmbseg_stage1", cfg.fmbseg.stage12_fraction)):
+            out[key] = where / "baselines" / key / "labels"
+            write_stage1_labels(where / "pseudo", out[key], classes, fraction, cfg.align.seed)
+    return out, summary
+
+
+def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
+    """Run every method of ``cfg`` and score what it labelled.
+
+    Returns:
+        {"labels": the first method's labels summary fields, "eval": its report or None,
+        "comparison": {method id: {method, miou, miou_no_background, map50, report}} or None}.
+    """
+    from .eval.evaluate import run_eval
+    from .eval.report import write_reports
+    from .pipelines.label_outputs import write_label_outputs
+
+    check_run(cfg)
+    classes = list(Ontology.from_names(cfg.classes).classes)
+    run = Path(cfg.out)
+    labels: dict[str, Path] = {}
+    summaries = []
+    for k, method in enumerate(cfg.methods):
+        dirs, summary = (_usam if method == "usam" else _fmbseg)(cfg, run if k == 0 else run / method, classes, log)
+        labels.update(dirs)
+        summaries.append(summary)
+    primary = next(iter(labels))
+    result: dict = {"labels": {**summaries[0], "method": primary}, "eval": None, "comparison": None}
     if cfg.gt is None:
         return result
     quiet = lambda _l: None  # noqa: E731
-    report = run_eval(EvalConfig(labels=run / "labels", gt=cfg.gt, out=run / "eval", runtime=cfg.runtime), log=log)
-    result["eval"] = report
-    if not cfg.baselines:
+    if cfg.baselines:
+        labels["background"] = run / "baselines" / "background" / "labels"
+        labels["background"].mkdir(parents=True, exist_ok=True)
+        write_label_outputs(labels["background"], classes, "all-background")
+    reports = {}
+    for key, where in labels.items():
+        out = run / "eval" if key == primary else where.parent / "eval"
+        reports[key] = run_eval(EvalConfig(labels=where, gt=cfg.gt, out=out, runtime=cfg.runtime),
+                                log=log if key == primary else quiet)
+    report = result["eval"] = reports[primary]
+    if len(reports) == 1:
         return result
-    rows = {f"U-SAM ({cfg.checkpoint}: MIL + distillation)" if cfg.checkpoint != "teacher" else "U-SAM (MIL only)": report}
-    base = run / "baselines"
-    mil = LabelConfig(embeddings=run / "embed", head=run / "head", checkpoint="teacher",
-                      out=base / "mil_only" / "labels", label=cfg.label, runtime=cfg.runtime)
-    run_label(mil, log=quiet, classes=classes)
-    rows["MIL only (teacher)"] = run_eval(EvalConfig(labels=mil.out, gt=cfg.gt, out=base / "mil_only" / "eval",
-                                                      runtime=cfg.runtime), log=quiet)
-    clip = resolve_default("clip", cfg.clip_model, models_dir_from_env(cfg.runtime.models_dir))
-    sam_clip_settings = cfg.label.model_copy(update={"score_threshold": 0.70})
-    run_sam_clip(run / "embed", base / "sam_clip" / "labels", classes, clip, sam_clip_settings, cfg.runtime, log=quiet)
-    rows[f"SAM + CLIP ({clip.spec.name}, 0.70)"] = run_eval(
-        EvalConfig(labels=base / "sam_clip" / "labels", gt=cfg.gt, out=base / "sam_clip" / "eval",
-                   runtime=cfg.runtime), log=quiet)
-    background = base / "background" / "labels"
-    background.mkdir(parents=True, exist_ok=True)
-    write_label_outputs(background, classes, "all-background")
-    rows["all background"] = run_eval(EvalConfig(labels=background, gt=cfg.gt, out=base / "background" / "eval",
-                                                 runtime=cfg.runtime), log=quiet)
-    comparison = {name: {"miou": r["semantic"]["miou"], "miou_no_background": r["semantic"]["miou_no_background"],
-                         "map50": (r["instances"] or {}).get("map50"), "report": r["written"]["json"]}
-                  for name, r in rows.items()}
+    order = [k for k in METHOD_NAMES if k in reports]
+    comparison = {k: {"method": METHOD_NAMES[k], "miou": reports[k]["semantic"]["miou"],
+                      "miou_no_background": reports[k]["semantic"]["miou_no_background"],
+                      "map50": (reports[k]["instances"] or {}).get("map50"), "report": reports[k]["written"]["json"]}
+                  for k in order}
     atomic_write_bytes(run / "eval" / "comparison.json", json.dumps(comparison, indent=2).encode())
     report["comparison"] = comparison  # report.md and report.json carry the comparison too
     write_reports({k: v for k, v in report.items() if k != "written"}, run / "eval")
@@ -107,10 +185,11 @@ def comparison_table(comparison: dict) -> str:
     def pct(v: Optional[float]) -> str:
         return "—" if v is None else f"{100 * v:6.2f}"
 
-    width = max(len(k) for k in comparison)
+    names = {k: r.get("method", k) for k, r in comparison.items()}
+    width = max(len(n) for n in names.values())
     lines = [f"{'':<{width}}  {'mIoU':>6}  {'mIoU-bg':>7}  {'mAP50':>6}"]
-    for name, r in comparison.items():
-        lines.append(f"{name:<{width}}  {pct(r['miou'])}  {pct(r['miou_no_background']):>7}  {pct(r['map50'])}")
+    for key, r in comparison.items():
+        lines.append(f"{names[key]:<{width}}  {pct(r['miou'])}  {pct(r['miou_no_background']):>7}  {pct(r['map50'])}")
     return "\n".join(lines)
 
 
@@ -124,7 +203,9 @@ def check_run(cfg: RunConfig) -> None:
 
 
 def demo_config(cfg: DemoConfig) -> RunConfig:
-    """The toy-world run: toy objects → toy SAM embeddings → heads → labels of fresh toy scenes → eval."""
+    """The toy-world run: U-SAM (toy objects → toy SAM embeddings → heads → labels of fresh toy
+    scenes), then FMbSeg (toy CLIP + SAM pseudo labels of those scenes → alignment module on toy
+    DINOv2 features → labels), each scored, with the baselines."""
     from .data.toyscenes import CLASSES
 
     out = Path(cfg.out)
@@ -136,6 +217,9 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
         train={"epochs": 25, "batch_size": 32, "hidden": 256, "a": 10.0},
         label={"score_threshold": 0.5, "nms_iou": 0.5, "min_iou_pred": 0.5},
         baselines=True, clip_model="clip:toy", runtime=cfg.runtime,
+        methods=["usam", "fmbseg"], dino_model="dino:toy",
+        # the toy SAM's predicted IoUs rarely reach the paper's 0.97 (see bench/fmbseg_stage1.py)
+        fmbseg={"pred_iou_thresh": 0.8},
     )
 
 

@@ -172,8 +172,9 @@ def test_both_sides_of_a_mismatch_are_reported_and_the_report_goes_beside_the_la
     # footnotes only for marks that a row uses
     assert ("IoU is —" in md) == any(v is None for v in report["semantic"]["per_class_iou"].values())
     assert "Methods compared" not in md
-    report["comparison"] = {"U-SAM": {"miou": 0.4, "miou_no_background": 0.3, "map50": 0.25},
-                            "all background": {"miou": 0.1, "miou_no_background": 0.0, "map50": None}}
+    report["comparison"] = {"usam": {"method": "U-SAM", "miou": 0.4, "miou_no_background": 0.3, "map50": 0.25},
+                            "background": {"method": "all background", "miou": 0.1, "miou_no_background": 0.0,
+                                           "map50": None}}
     md = markdown(report)
     assert "| U-SAM | 40.00 | 30.00 | 25.00 |" in md and "| all background | 10.00 | 0.00 | — |" in md
 

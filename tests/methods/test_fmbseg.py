@@ -124,3 +124,35 @@ def test_refinement_votes_inside_sam_masks_and_instances_are_components():
     assert (refined[obj] == 1).all() and refined[15, 15] == 1
     inst = instances_from_map(refined)
     assert inst.class_ids.tolist() == [0, 0] and sorted(int(m.sum()) for m in rles_to_masks(inst.masks)) == [16, 64]
+
+
+def test_label_image_base_is_the_nearest_prototype_and_refined_fixes_a_stray_patch():
+    from usam_ray.config import LabelSettings
+    from usam_ray.heads.align import AlignmentHead
+    from usam_ray.methods.fmbseg import label_image, training_masks
+
+    protos = F.normalize(torch.eye(3), dim=-1)  # background, class 0, class 1
+    head = AlignmentHead(3, 3, "linear")
+    with torch.no_grad():  # identity: a patch's feature is where it lands
+        head.out.weight.copy_(torch.eye(3))
+        head.out.bias.zero_()
+    grid = np.zeros((4, 4), np.int64)
+    grid[0:2, 0:2] = 1  # class 0 top-left
+    grid[2:4, 2:4] = 2  # class 1 bottom-right
+    grid[3, 3] = 0  # one stray background patch inside class 1
+    feats = protos[torch.as_tensor(grid.reshape(-1))]
+    settings = LabelSettings(min_area=1)
+    inst, sem = label_image(head, protos, feats, 32, 32, None, settings)
+    assert sem.shape == (32, 32) and sem[4, 4] == 1 and sem[20, 20] == 2 and sem[28, 28] == 0 and sem[4, 28] == 0
+    assert sorted(inst.class_ids.tolist()) == [0, 1] and (inst.scores > 0.5).all()
+    square = np.zeros((1, 32, 32), bool)
+    square[0, 16:, 16:] = True
+    auto = MaskSet(masks_to_rles(square), np.array([[16, 16, 31, 31]], np.float32), np.ones(1, np.float32),
+                   data={"iou_pred": np.ones(1, np.float32)})
+    _inst, refined = label_image(head, protos, feats, 32, 32, auto, settings)
+    assert (refined[16:, 16:] == 2).all() and (refined[:16] == sem[:16]).all()
+    # training masks: every 1.1 mask, a seeded share of 1.2
+    stage = np.array([11, 12, 12, 12, 12, 11], np.int8)
+    keep = training_masks("img.png", stage, 0.5, 0)
+    assert keep[[0, 5]].all() and keep[1:5].sum() == 2
+    assert (keep == training_masks("img.png", stage, 0.5, 0)).all()

@@ -274,3 +274,19 @@ def embeddings_masksets(table: pa.Table, tokens: bool = True) -> list[MaskSet]:
 def embeddings_tokens(table: pa.Table) -> np.ndarray:
     """The ``tokens`` column of embedding rows as one (B, P, T) float16 array (through Arrow)."""
     return per_row(*list_values(table.column("tokens")))
+
+
+def pseudo_masksets(table: pa.Table) -> list[MaskSet]:
+    """Pseudo rows (a table of ``PSEUDO_SCHEMA``) → one MaskSet per row: RLE masks at the image's
+    size, ``class_ids`` 0-based, ``scores`` SAM's predicted IoU, ``data["stage"]`` 11 or 12 (Stage
+    1.1 / 1.2)."""
+    heights, widths = table.column("height").to_numpy(), table.column("width").to_numpy()
+    sets = []
+    for i, row in enumerate(table.select(["class_id", "stage", "score", "boxes", "mask_counts"]).to_pylist()):
+        size = [int(heights[i]), int(widths[i])]
+        sets.append(MaskSet(masks=[{"size": size, "counts": c} for c in row["mask_counts"]],
+                            boxes=np.asarray(row["boxes"], np.float32).reshape(-1, 4),
+                            scores=np.asarray(row["score"], np.float32),
+                            class_ids=np.asarray(row["class_id"], np.int64) - 1,
+                            data={"stage": np.array([int(s.replace(".", "")) for s in row["stage"]], np.int8)}))
+    return sets

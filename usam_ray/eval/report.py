@@ -90,8 +90,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("comparison"):
         lines += ["## Methods compared on the same images", "", "| method | mIoU | mIoU (no background) | mAP50 |",
                   "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {name} | {_pct(r['miou'])} | {_pct(r['miou_no_background'])} | {_pct(r['map50'])} |"
-                  for name, r in report["comparison"].items()]
+        lines += [f"| {r.get('method', key)} | {_pct(r['miou'])} | {_pct(r['miou_no_background'])} | {_pct(r['map50'])} |"
+                  for key, r in report["comparison"].items()]
         lines.append("")
     lines += ["## Per class", "", "| class | IoU | accuracy | AP50 |", "| --- | ---: | ---: | ---: |"]
     for i, c in enumerate(report["classes"]):

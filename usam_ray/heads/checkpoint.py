@@ -1,9 +1,12 @@
 """Head checkpoint files: what ``train`` writes and ``label`` reads.
 
-A checkpoint (``teacher.pt``, ``student.pt``, ``best.pt``) is a ``torch.save`` dict:
+A checkpoint (``teacher.pt``, ``student.pt``, ``best.pt``; FMbSeg's ``align.pt``) is a ``torch.save`` dict:
 ``args`` (the head's constructor arguments), ``state_dict``, ``classes`` (names, in class-id
 order without background), ``phase``, ``epoch``, ``metrics`` and ``embeddings`` (``fingerprint``
-and ``models``: registry name → weights fingerprint of the SAM whose tokens it was trained on).
+and ``models``: registry name → weights fingerprint of the SAM whose tokens it was trained on;
+for an alignment head, of the pseudo stage: SAM, CLIP and the DINOv2 whose features it maps).
+An alignment head's checkpoint adds ``method: "fmbseg"``, ``prototypes`` ((1 + C, E) unit text
+features, background first) and ``prompts`` (their texts).
 ``head.json`` beside them holds the classes, the embeddings' fingerprints, the training settings
 and every epoch's metrics, so that a reader needs no torch to know what a head predicts;
 ``check_head`` refuses a head for another SAM or other classes than a labelling run's.
@@ -17,22 +20,25 @@ from typing import Any, Optional
 
 
 def save_head(path: Path, model, classes: list[str], phase: str, epoch: int, metrics: dict[str, Any],
-              embeddings: dict[str, Any]) -> None:
-    """Write ``model`` (a MaskClassifier, unwrapped from DDP) as a head checkpoint at ``path``."""
+              embeddings: dict[str, Any], extra: Optional[dict[str, Any]] = None) -> None:
+    """Write ``model`` (a MaskClassifier or an AlignmentHead, unwrapped from DDP) as a head
+    checkpoint at ``path``; ``extra`` adds keys (an alignment head's ``method``, ``prototypes``, ``prompts``)."""
     import torch
 
     torch.save({"args": model.args, "state_dict": model.state_dict(), "classes": list(classes), "phase": phase,
-                "epoch": epoch, "metrics": metrics, "embeddings": embeddings}, path)
+                "epoch": epoch, "metrics": metrics, "embeddings": embeddings, **(extra or {})}, path)
 
 
 def load_head(path: Path, device: str = "cpu"):
-    """A head checkpoint → (MaskClassifier in eval mode, the checkpoint dict)."""
+    """A head checkpoint → (the head in eval mode, the checkpoint dict): an ``AlignmentHead`` when
+    the checkpoint says ``method: fmbseg``, else U-SAM's ``MaskClassifier``."""
     import torch
 
+    from .align import AlignmentHead
     from .mil import MaskClassifier
 
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = MaskClassifier(**ckpt["args"])
+    model = (AlignmentHead if ckpt.get("method") == "fmbseg" else MaskClassifier)(**ckpt["args"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
 
@@ -43,16 +49,17 @@ def write_head_json(head_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def head_info(path: Path) -> dict[str, Any]:
-    """What a head predicts and what it was trained on — ``classes`` and ``embeddings`` — from the
-    ``head.json`` beside the checkpoint, or (a checkpoint on its own) from the checkpoint."""
+    """What a head predicts and what it was trained on — ``classes``, ``embeddings`` and ``method``
+    (``usam`` or ``fmbseg``) — from the ``head.json`` beside the checkpoint, or (a checkpoint on its
+    own) from the checkpoint."""
     path = Path(path)
     meta = path.parent / "head.json"
     if meta.is_file():
         data = json.loads(meta.read_text())
         if "classes" in data and "embeddings" in data:
-            return {"classes": data["classes"], "embeddings": data["embeddings"]}
+            return {"classes": data["classes"], "embeddings": data["embeddings"], "method": data.get("method", "usam")}
     _model, ckpt = load_head(path)
-    return {"classes": ckpt["classes"], "embeddings": ckpt["embeddings"]}
+    return {"classes": ckpt["classes"], "embeddings": ckpt["embeddings"], "method": ckpt.get("method", "usam")}
 
 
 class HeadMismatchError(ValueError):

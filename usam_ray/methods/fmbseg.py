@@ -135,32 +135,48 @@ class FmbsegModels:
         self.prototypes = text_features(clip, [settings.background_prompt, *prompts]).to(self.device)
         self.text = self.prototypes[1:]  # (C, E)
 
-    def _normalised(self, visible: np.ndarray, mean, std):
-        torch = self.torch
-        x = torch.as_tensor(visible, device=self.device).permute(2, 0, 1).float() / 255.0
-        return (x - torch.tensor(mean, device=self.device)[:, None, None]) / torch.tensor(std, device=self.device)[:, None, None]
-
     def clip_map(self, visible: np.ndarray):
         """Dense CLIP features of one image: the stitched (M, M, E) unit map and the crops' (G², E)
         class embeddings (M = crops_per_side × patches per crop side)."""
         from ..models.clip import dense_features
 
         s = self.settings
-        crops = crop_grid(self._normalised(visible, self.clip_spec.mean, self.clip_spec.std), s.crops_per_side,
+        crops = crop_grid(_normalise(self.torch, visible, self.clip_spec.mean, self.clip_spec.std, self.device),
+                          s.crops_per_side,
                           self.clip_spec.input_size)
         patches, cls = dense_features(self.clip, crops, s.clip_variant)
         return stitch(patches, s.crops_per_side), cls
 
     def dino_features(self, visibles: Sequence[np.ndarray]):
         """DINOv2 patch tokens of images squashed to its input side: (B, g·g, D) float32 (CLS dropped)."""
-        import torch.nn.functional as F
+        return dino_features(self.dino, self.dino_spec, visibles, self.device)
 
-        size = self.dino_spec.input_size
-        x = self.torch.stack([
-            F.interpolate(self._normalised(v, self.dino_spec.mean, self.dino_spec.std)[None], (size, size),
-                          mode="bilinear", align_corners=False, antialias=True)[0] for v in visibles])
-        with self.torch.inference_mode():
-            return self.dino.model(pixel_values=x).last_hidden_state[:, 1:].float()
+
+def _normalise(torch, visible: np.ndarray, mean, std, device):
+    """(h, w, 3) uint8 → (3, h, w) float normalised by ``mean``/``std`` on ``device``."""
+    x = torch.as_tensor(visible, device=device).permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(mean, device=device)[:, None, None]) / torch.tensor(std, device=device)[:, None, None]
+
+
+def dino_features(dino, dino_spec, visibles: Sequence[np.ndarray], device="cpu"):
+    """DINOv2 patch tokens of images squashed to its input side (as Stage 2 trains and labels).
+
+    Args:
+        dino (DinoBundle), dino_spec (ModelSpec): the model and its input side, mean and std.
+        visibles (list[np.ndarray]): (h, w, 3) uint8 images (sizes may differ).
+
+    Returns:
+        (B, g·g, D) float32 tensor (CLS dropped), g = input side / patch size.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    size = dino_spec.input_size
+    x = torch.stack([
+        F.interpolate(_normalise(torch, v, dino_spec.mean, dino_spec.std, device)[None], (size, size),
+                      mode="bilinear", align_corners=False, antialias=True)[0] for v in visibles])
+    with torch.inference_mode():
+        return dino.model(pixel_values=x).last_hidden_state[:, 1:].float()
 
 
 def detected_classes(models: FmbsegModels, crop_cls, labels: Optional[list[str]]) -> list[int]:
@@ -275,6 +291,14 @@ def stage12_sample(image_id: str, n: int, fraction: float, seed: int) -> np.ndar
     return chosen
 
 
+def training_masks(image_id: str, stage: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which of an image's pseudo masks Stage 2 learns from: every Stage 1.1 mask and the seeded
+    ``fraction`` of its Stage 1.2 masks (``stage12_sample``). (N,) stage codes → (N,) bool."""
+    keep = np.asarray(stage) == STAGE_11
+    keep[~keep] = stage12_sample(image_id, int((~keep).sum()), fraction, seed)
+    return keep
+
+
 def pseudo_label_map(masks: MaskSet, keep: np.ndarray, height: int, width: int) -> np.ndarray:
     """The pseudo label map Stage 2 learns from: kept Stage 1.2 masks painted first (largest first),
     then Stage 1.1 masks over them (largest first); uncovered pixels are background.
@@ -333,6 +357,33 @@ def dense_scores(head, features, prototypes, grid: int, height: int, width: int)
         z = head(features[None].float())[0]  # (N, E)
         sim = (z @ prototypes.T).T.reshape(1, -1, grid, grid)
         return F.interpolate(sim, (height, width), mode="bilinear", align_corners=False)[0]
+
+
+def label_image(head, prototypes, features, height: int, width: int, auto: Optional[MaskSet] = None,
+                settings: Optional[LabelSettings] = None, temperature: float = 0.1) -> tuple[MaskSet, np.ndarray]:
+    """Stage 2 labels of one image: base (nearest prototype per pixel of the interpolated
+    similarities) or, with ``auto``, refined by SAM's automatic masks (``refine_with_masks`` over
+    ``automatic_masks(auto, settings)``); then one instance per connected component.
+
+    Args:
+        head (AlignmentHead), prototypes (torch.Tensor (K, E)), features (torch.Tensor (N, D)): as ``dense_scores``.
+        height, width (int): the image's size (labels are returned at it).
+        auto (MaskSet | None): SAM automatic masks (RLE at (height, width), ``data["iou_pred"]``).
+        settings (LabelSettings | None): ``min_area`` of an instance, and the automatic masks' limits.
+        temperature (float): instance scores are the mean softmax(similarity / temperature) of
+            their class over their pixels.
+
+    Returns:
+        (instances MaskSet, 0-based ``class_ids``; semantic (H, W) uint8, 0 = background).
+    """
+    settings = settings or LabelSettings()
+    grid = int(round(features.shape[0] ** 0.5))
+    sim = dense_scores(head, features, prototypes, grid, height, width)  # (K, H, W)
+    semantic = sim.argmax(0).cpu().numpy().astype(np.uint8)
+    if auto is not None:
+        semantic = refine_with_masks(semantic, automatic_masks(auto, settings))
+    probs = (sim / temperature).softmax(0).cpu().numpy()
+    return instances_from_map(semantic, probs, settings.min_area), semantic
 
 
 def refine_with_masks(semantic: np.ndarray, auto: MaskSet, min_vote: float = 0.5) -> np.ndarray:

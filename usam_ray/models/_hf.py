@@ -8,11 +8,15 @@ from .registry import ModelNotFoundError, ResolvedModel
 
 
 def from_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwargs: Any) -> Any:
-    """``loader(location, **kwargs)``; local folders load with ``local_files_only=True``.
+    """``loader(location, **kwargs)``; local folders load with ``local_files_only=True``. The
+    library's per-load "Loading weights" bar is switched off (usam-ray shows its own progress).
 
     Raises:
         ModelNotFoundError: the hub is unreachable or the folder is incomplete; names the model.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return loader(resolved.location, local_files_only=resolved.local, **kwargs)
     except (OSError, ValueError) as exc:

@@ -163,7 +163,9 @@ def write_tiny_diffusion(out: Path, seed: int = 0) -> Path:
 def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
     """Write random weights of a *real* architecture, in its real on-disk format, for speed
     measurements (random weights cost exactly what trained ones do): ``sam:vit_h|vit_l|vit_b``
-    (a segment_anything state dict under the official file name) or
+    (a segment_anything state dict under the official file name),
+    ``clip:openai/clip-vit-large-patch14-336`` and ``dino:facebook/dinov2-large`` (FMbSeg's
+    paper models, transformers folders; CLIP's tokenizer is the local byte-level one) or
     ``diffusion:CompVis/stable-diffusion-v1-4`` (its UNet / VAE / CLIP ViT-L/14 text encoder
     configs and PNDM scheduler, as a diffusers folder; the tokenizer is the local byte-level one).
 
@@ -203,6 +205,30 @@ def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
                                     skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False),
         )
         pipe.save_pretrained(path)
+        return path
+    if name == "clip:openai/clip-vit-large-patch14-336":
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+        vocab, _ = byte_level_vocab()
+        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                              pad_token_id=vocab["<|endoftext|>"], projection_dim=768)
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                                  image_size=336, patch_size=14, hidden_act="quick_gelu", projection_dim=768)
+        CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=768)
+                  ).save_pretrained(path)
+        build_tokenizer().save_pretrained(path)
+        CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                           image_mean=list(spec.mean), image_std=list(spec.std)).save_pretrained(path)
+        return path
+    if name == "dino:facebook/dinov2-large":
+        from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+        Dinov2Model(Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4,
+                                 patch_size=14, image_size=518)).save_pretrained(path)
+        BitImageProcessor(size={"shortest_edge": 518}, crop_size={"height": 518, "width": 518}, do_center_crop=True,
+                          image_mean=list(spec.mean), image_std=list(spec.std)).save_pretrained(path)
         return path
     raise KeyError(f"no full-size random recipe for {name}")
 

@@ -6,6 +6,7 @@ shard (the done-marker), atomically. One summary row per shard out.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,52 @@ from ..data.schema import INSTANCES_SCHEMA, LABELLED_IMAGES_SCHEMA, shard_metada
 from ..data.shards import atomic_write_bytes, write_shard
 from ..masks import palette
 from ..methods.usam import select_instances, semantic_map
+from ..types import MaskSet
 from .stages import object_column, require_columns
+
+
+@dataclass
+class LabelledImage:
+    """One labelled image: its id and path, its instances (MaskSet, RLE, 0-based ``class_ids``)
+    and its semantic map ((H, W) uint8, 0 = background) at the image's size."""
+
+    image_id: str
+    path: str
+    instances: MaskSet
+    semantic: np.ndarray
+
+
+def write_labelled_shard(labels_dir: Path, name: str, images: list[LabelledImage], classes: list[str],
+                         fingerprint: str, provenance: str, overlays: bool = False, pal=None) -> int:
+    """Write a shard of labelled images into ``labels_dir``: each image's semantic PNG (and overlay),
+    then the labelled-images shard ``images/<name>``, then the instance shard ``instances/<name>``
+    (written last: it marks the shard done). Every file is written atomically.
+
+    Returns:
+        the number of instances written.
+    """
+    import pyarrow as pa
+
+    labels_dir, pal = Path(labels_dir), pal if pal is not None else palette()
+    inst_rows, image_rows = [], []
+    for im in images:
+        key, (height, width), inst = image_key(im.image_id), im.semantic.shape, im.instances
+        atomic_write_bytes(labels_dir / "semantic" / f"{key}.png", label_png(im.semantic, pal))
+        if overlays:
+            data = instance_overlay(im.path, im.semantic, classes, inst)
+            if data is not None:
+                atomic_write_bytes(labels_dir / "overlays" / f"{key}.png", data)
+        image_rows.append({"image_id": key, "file_name": im.image_id, "height": int(height), "width": int(width),
+                           "instances": len(inst.masks)})
+        for rle, c, sc, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
+            inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": classes[int(c)],
+                              "score": float(sc), "height": int(height), "width": int(width),
+                              "counts": rle["counts"], "box": [float(v) for v in b], "provenance": provenance})
+    write_shard(pa.Table.from_pylist(image_rows, schema=LABELLED_IMAGES_SCHEMA), labels_dir / "images" / name,
+                shard_metadata("labelled_images", fingerprint, {}))
+    write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), labels_dir / "instances" / name,
+                shard_metadata("instances", fingerprint, {}))
+    return len(inst_rows)
 
 
 class LabelShardStage:
@@ -86,32 +132,14 @@ class LabelShardStage:
 
     def label_shard(self, path: str) -> tuple[str, int, int]:
         """Label one embedding shard; returns (shard name, images, instances)."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
         ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
-        inst_rows, image_rows = [], []
-        for i, inst, sem in self.label_table(table):
-            key, (height, width) = image_key(ids[i]), sem.shape
-            atomic_write_bytes(self.dir / "semantic" / f"{key}.png", label_png(sem, self.pal))
-            if self.overlays:
-                data = instance_overlay(paths[i], sem, self.classes, inst)
-                if data is not None:
-                    atomic_write_bytes(self.dir / "overlays" / f"{key}.png", data)
-            image_rows.append({"image_id": key, "file_name": ids[i], "height": int(height), "width": int(width),
-                               "instances": len(inst.masks)})
-            for rle, c, sc, b in zip(inst.masks, inst.class_ids, inst.scores, inst.boxes):
-                inst_rows.append({"image_id": key, "class_id": int(c) + 1, "class_name": self.classes[int(c)],
-                                  "score": float(sc), "height": int(height), "width": int(width),
-                                  "counts": rle["counts"], "box": [float(v) for v in b], "provenance": self.provenance})
+        labelled = [LabelledImage(ids[i], paths[i], inst, sem) for i, inst, sem in self.label_table(table)]
         name = Path(str(path)).name
-        meta = shard_metadata("labelled_images", self.fingerprint, {})
-        # the images shard first: the instance shard, written last, marks the shard done
-        write_shard(pa.Table.from_pylist(image_rows, schema=LABELLED_IMAGES_SCHEMA), self.dir / "images" / name, meta)
-        write_shard(pa.Table.from_pylist(inst_rows, schema=INSTANCES_SCHEMA), self.dir / "instances" / name,
-                    shard_metadata("instances", self.fingerprint, {}))
-        return name, table.num_rows, len(inst_rows)
+        return name, table.num_rows, write_labelled_shard(self.dir, name, labelled, self.classes, self.fingerprint,
+                                                          self.provenance, self.overlays, self.pal)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns("label", batch, self.INPUT)

@@ -264,3 +264,35 @@ def run_pseudo(cfg: PseudoConfig, log: Callable[[str], None] = print) -> PseudoS
                     shards=len(list_shards(plan.features_dir)), rows=rows_total, errors=errors_total,
                     summary=asdict(summary))
     return summary
+
+
+def write_stage1_labels(pseudo_dir: Path, out: Path, classes: list[str], fraction: float, seed: int) -> tuple[int, int]:
+    """Stage 1's pseudo labels as a labels directory (to score them like any method): per image the
+    pseudo label map of its 1.1 masks and the seeded ``fraction`` of its 1.2 masks (what Stage 2
+    trains on; ``fraction`` 0 → 1.1 only) as the semantic PNG, the kept masks as instances
+    (score = SAM's predicted IoU, provenance ``fmbseg_stage1_1``/``_2``).
+
+    Returns:
+        (images, instances) in ``out``.
+    """
+    import pyarrow.parquet as pq
+
+    from ..data.schema import pseudo_masksets
+    from ..methods.fmbseg import pseudo_label_map, training_masks
+    from ..types import MaskSet
+    from .label_outputs import write_label_outputs
+    from .label_stage import LabelledImage, write_labelled_shard
+
+    fingerprint = f"stage1-{fraction}-{seed}"
+    for shard in list_shards(Path(pseudo_dir)):
+        table = pq.read_table(shard)
+        images = []
+        for image_id, path, h, w, ms in zip(*(table.column(c).to_pylist() for c in ("image_id", "path", "height",
+                                                                                   "width")), pseudo_masksets(table)):
+            keep = training_masks(image_id, ms.data["stage"], fraction, seed)
+            idx = np.flatnonzero(keep)
+            inst = MaskSet([ms.masks[i] for i in idx], ms.boxes[idx], ms.scores[idx], ms.class_ids[idx])
+            images.append(LabelledImage(image_id, path, inst, pseudo_label_map(ms, keep, h, w)))
+        write_labelled_shard(Path(out), shard.name, images, classes, fingerprint, "fmbseg_stage1")
+    images_total, instances_total, _ = write_label_outputs(Path(out), classes, fingerprint)
+    return images_total, instances_total

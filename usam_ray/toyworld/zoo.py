@@ -99,7 +99,7 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
                                 settings.sam_lr, TRAIN_SEED + 1, log)
     clip, tok, clip_losses = train_clip(pool, settings.clip_steps, settings.clip_batch, settings.clip_lr,
                                         TRAIN_SEED + 2, log)
-    dino, dino_losses = train_dino(pool, sam, settings.dino_steps, settings.dino_batch, settings.dino_lr,
+    dino, dino_losses = train_dino(pool, sam, clip, settings.dino_steps, settings.dino_batch, settings.dino_lr,
                                    TRAIN_SEED + 3, log)
     quality = measure(sam, clip, tok, dino, held_out, scene_pool(min(300, settings.pool), PROBE_SEED))
 

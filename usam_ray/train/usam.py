@@ -18,25 +18,18 @@ reproducible: every worker orders its bags by image id and draws each epoch's or
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ..data.shards import list_shards, read_column, read_shard_meta
+from .loop import collect_bags, fit_phase, is_validation, report_epoch, steps_everywhere
 
 
 class TrainDataError(ValueError):
     """Embeddings that cannot train a head (no shards, no labels, labels outside the classes)."""
-
-
-def is_validation(image_id: str, fraction: float) -> bool:
-    """Deterministic split: an image is in validation when its id hashes below ``fraction``."""
-    h = int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < fraction
 
 
 def embeddings_info(embed_dir: Path) -> dict[str, Any]:
@@ -111,18 +104,6 @@ def _to_bags(batch, classes: list[str], prompts: int, token_dim: int, val_fracti
             "labels": labels, "val": np.array([is_validation(i, val_fraction) for i in ids])}
 
 
-def collect_bags(batches) -> dict[str, np.ndarray]:
-    """Concatenate bag batches and order them by image id, so that training sees the same data in
-    the same order whatever order the shards were written or read in."""
-    parts = list(batches)
-    if not parts:
-        return {"image_id": np.array([], object), "tokens": np.zeros((0, 0), np.float16),
-                "labels": np.zeros((0, 0), np.float32), "val": np.zeros(0, bool)}
-    bags = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-    order = np.argsort(bags["image_id"].astype(str), kind="stable")
-    return {k: v[order] for k, v in bags.items()}
-
-
 def train_step(model, optimizer, x, y, config: dict, teacher=None) -> dict[str, float]:
     """One optimisation step on bags ``x`` (B, P, T) float32 with labels ``y`` (B, C): the MIL loss
     (teacher phase) or MIL + uncertainty distillation from ``teacher`` (student phase)."""
@@ -163,19 +144,6 @@ def eval_step(model, x, y, config: dict) -> tuple[float, int, int]:
     return loss, correct, len(x)
 
 
-def _steps_everywhere(local: int) -> int:
-    """The number of steps every worker takes: the smallest of the workers' counts (DDP needs the
-    same number of steps on every worker)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
-    t = torch.tensor([local], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
-
-
 def run_epoch(model, opt, batches, config: dict, teacher=None) -> dict[str, float]:
     """One pass of ``train_step`` over ``batches`` ((x, y) pairs); the mean of each loss term."""
     sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
@@ -199,24 +167,6 @@ def validate(model, batches, config: dict, epoch: int) -> dict[str, float]:
             "val_bag_accuracy": val_correct / val_n if val_n else float("nan"),
             # Ray Train keeps the best checkpoint by this (and always the last one)
             "checkpoint_score": -val_loss / val_n if val_n else float(epoch)}
-
-
-def _report(model, metrics: dict, config: dict, rank0: bool) -> None:
-    """Report an epoch to Ray Train, with a head checkpoint from rank 0 (and its live progress)."""
-    import ray.train
-
-    from ..heads.checkpoint import save_head
-
-    if not rank0:
-        ray.train.report(metrics)
-        return
-    if config.get("progress") is not None:
-        config["progress"].put(metrics)
-    base = model.module if hasattr(model, "module") else model
-    with tempfile.TemporaryDirectory() as d:
-        save_head(Path(d) / "head.pt", base, config["classes"], config["phase"], metrics["epoch"], metrics,
-                  config["embeddings"])
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def _train_loop(config: dict) -> None:
@@ -253,69 +203,19 @@ def _train_loop(config: dict) -> None:
         teacher.load_state_dict(config["teacher_state"])
         teacher = teacher.to(device).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    steps = _steps_everywhere(-(-len(train_idx) // bs))  # every rank steps as often (DDP)
+    steps = steps_everywhere(-(-len(train_idx) // bs))  # every rank steps as often (DDP)
     gen = torch.Generator().manual_seed(config["seed"])
     rank0 = ray.train.get_context().get_world_rank() == 0
     for epoch in range(config["epochs"]):
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         metrics = {"phase": config["phase"], "epoch": epoch, **run_epoch(model, opt, batches(order, steps), config, teacher)}
         metrics.update(validate(model, batches(val_idx, -(-len(val_idx) // bs)), config, epoch))
-        _report(model, metrics, config, rank0)
+        report_epoch(model, metrics, config, rank0)
 
 
-def _fit_phase(phase: str, config: dict, ds, out: Path, workers: int, use_gpu: bool, log: Callable[[str], None]):
-    """One TorchTrainer run of ``phase``; returns (result, every epoch's metrics in order).
-
-    Ray Train keeps two checkpoints: the best by ``checkpoint_score`` and the last. Epoch metrics
-    travel from rank 0 through a Ray queue to this process, which shows them as they come.
-    """
-    import threading
-
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Empty, Queue
-
-    from ..progress import Progress
-
-    queue = Queue()
-    history: list[dict] = []
-    progress = Progress(f"train {phase}", config["epochs"], "epochs", log)
-    done = threading.Event()
-
-    def drain(block: bool) -> None:
-        while True:
-            try:
-                m = queue.get(block=block, timeout=0.5) if block else queue.get_nowait()
-            except Empty:
-                return
-            history.append(m)
-            progress.update(1, loss=round(m["loss"], 4), val_mil=round(m["val_mil"], 4))
-
-    def watch() -> None:
-        while not done.is_set():
-            drain(True)
-
-    watcher = threading.Thread(target=watch, name=f"train-{phase}-progress", daemon=True)
-    watcher.start()
-    try:
-        trainer = TorchTrainer(
-            _train_loop, train_loop_config={**config, "phase": phase, "progress": queue},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                         resources_per_worker=None if use_gpu else {"CPU": 1}),
-            datasets={"train": ds},
-            run_config=RunConfig(storage_path=str((out / "ray").resolve()), name=phase,
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=
-                                                                    "checkpoint_score", checkpoint_score_order="max")),
-        )
-        result = trainer.fit()
-    finally:
-        done.set()
-        watcher.join(timeout=5)
-        drain(False)
-        progress.close()  # "train teacher: 25/25 epochs in 32s (…), loss …, val_mil …"
-        queue.shutdown()
-    history.sort(key=lambda m: m["epoch"])
-    return result, history
+def _shown(metrics: dict) -> dict:
+    """What the progress line shows of an epoch."""
+    return {"loss": round(metrics["loss"], 4), "val_mil": round(metrics["val_mil"], 4)}
 
 
 def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -351,11 +251,11 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
               "head_args": {"in_dim": info["token_dim"], "num_classes": len(classes), "hidden": cfg.hidden,
                             "dropout": cfg.dropout},
               "embeddings": {"fingerprint": info["fingerprint"], "models": info["models"]}}
-    teacher_result, teacher_history = _fit_phase("teacher", config, ds, out, workers, use_gpu, log)
+    teacher_result, teacher_history = fit_phase(_train_loop, "teacher", config, {"train": ds}, out, workers, use_gpu, log, _shown)
     shutil.copy(Path(teacher_result.checkpoint.path) / "head.pt", out / "teacher.pt")
     teacher_state = torch.load(out / "teacher.pt", map_location="cpu", weights_only=True)["state_dict"]
-    student_result, student_history = _fit_phase("student", {**config, "teacher_state": teacher_state}, ds, out,
-                                                 workers, use_gpu, log)
+    student_result, student_history = fit_phase(_train_loop, "student", {**config, "teacher_state": teacher_state},
+                                                {"train": ds}, out, workers, use_gpu, log, _shown)
     shutil.copy(Path(student_result.checkpoint.path) / "head.pt", out / "student.pt")
     kept = student_result.best_checkpoints or [(student_result.checkpoint, student_result.metrics)]
     best_ckpt, best = max(kept, key=lambda cm: (cm[1]["checkpoint_score"], cm[1]["epoch"]))
