@@ -220,6 +220,9 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
         methods=["usam", "fmbseg"], dino_model="dino:toy",
         # the toy SAM's predicted IoUs rarely reach the paper's 0.97 (see bench/fmbseg_stage1.py)
         fmbseg={"pred_iou_thresh": 0.8},
+        # on the toy world the paper's one-block module collapses under TSupCon; the linear one of
+        # its ablation learns (bench/fmbseg.py measures all three)
+        align={"kind": "linear"},
     )
 
 

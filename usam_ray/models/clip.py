@@ -55,6 +55,23 @@ def text_features(bundle: ClipBundle, prompts: list[str]):
 DENSE_VARIANTS = ("value", "last")
 
 
+def dense_projected(model, pixel_values, variant: str = "value"):
+    """``dense_features`` before normalisation and reshaping, differentiable (the toy CLIP trains
+    through it): (B, g², E) patch projections and (B, E) class embeddings of a ``CLIPModel``."""
+    if variant not in DENSE_VARIANTS:
+        raise ValueError(f"dense CLIP variant must be one of {', '.join(DENSE_VARIANTS)}, not {variant!r}")
+    vision, proj = model.vision_model, model.visual_projection
+    out = vision(pixel_values=pixel_values, output_hidden_states=True)
+    cls = proj(out.pooler_output)
+    if variant == "value":
+        x = out.hidden_states[-2]
+        last = vision.encoder.layers[-1]
+        x = x + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))
+    else:
+        x = out.last_hidden_state
+    return proj(vision.post_layernorm(x[:, 1:])), cls
+
+
 def dense_features(bundle: ClipBundle, pixel_values, variant: str = "value"):
     """Patch features in CLIP's joint space and each image's class embedding, in one forward.
 
@@ -73,20 +90,8 @@ def dense_features(bundle: ClipBundle, pixel_values, variant: str = "value"):
     """
     import torch
 
-    if variant not in DENSE_VARIANTS:
-        raise ValueError(f"dense CLIP variant must be one of {', '.join(DENSE_VARIANTS)}, not {variant!r}")
-    vision = bundle.model.vision_model
-    proj = bundle.model.visual_projection
     with torch.inference_mode():
-        out = vision(pixel_values=pixel_values, output_hidden_states=True)
-        cls = proj(out.pooler_output)
-        if variant == "value":
-            x = out.hidden_states[-2]
-            last = vision.encoder.layers[-1]
-            x = x + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))
-        else:
-            x = out.last_hidden_state
-        patches = proj(vision.post_layernorm(x[:, 1:]))
+        patches, cls = dense_projected(bundle.model, pixel_values, variant)
     b, n, e = patches.shape
     g = int(round(n ** 0.5))
     patches = patches.float().reshape(b, g, g, e)

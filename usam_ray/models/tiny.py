@@ -160,6 +160,18 @@ def write_tiny_diffusion(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def _clip_l14_text_config():
+    """CLIP ViT-L/14's text tower (Stable Diffusion v1's text encoder too), with the local
+    byte-level tokenizer's special ids."""
+    from transformers import CLIPTextConfig
+
+    vocab, _ = byte_level_vocab()
+    return CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                          bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                          pad_token_id=vocab["<|endoftext|>"], projection_dim=768)
+
+
 def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
     """Write random weights of a *real* architecture, in its real on-disk format, for speed
     measurements (random weights cost exactly what trained ones do): ``sam:vit_h|vit_l|vit_b``
@@ -185,13 +197,8 @@ def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
         return path
     if name == "diffusion:CompVis/stable-diffusion-v1-4":
         from diffusers import PNDMScheduler
-        from transformers import CLIPTextConfig
 
-        vocab, _ = byte_level_vocab()
-        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                              pad_token_id=vocab["<|endoftext|>"], projection_dim=768)
+        text = _clip_l14_text_config()
         pipe = _sd_pipeline(
             text,
             unet=dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -207,13 +214,9 @@ def write_random_full_size(name: str, out: Path, seed: int = 0) -> Path:
         pipe.save_pretrained(path)
         return path
     if name == "clip:openai/clip-vit-large-patch14-336":
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig
 
-        vocab, _ = byte_level_vocab()
-        text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                              bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                              pad_token_id=vocab["<|endoftext|>"], projection_dim=768)
+        text = _clip_l14_text_config()
         vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                                   image_size=336, patch_size=14, hidden_act="quick_gelu", projection_dim=768)
         CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=768)

@@ -68,7 +68,6 @@ def train_clip(pool: list[Scene], steps: int, batch: int, lr: float, seed: int, 
         (CLIPModel, tokenizer, list of per-step losses).
     """
     import torch
-    import torch.nn.functional as F
     from transformers import CLIPModel
 
     from ..models.tiny import build_tokenizer
@@ -79,24 +78,33 @@ def train_clip(pool: list[Scene], steps: int, batch: int, lr: float, seed: int, 
     tok = build_tokenizer(CAPTION_MAX)
     opt = Optimiser(model.parameters(), lr, steps, "clip", log)
     for _ in range(steps):
-        crops, texts = [], []
-        while len(crops) < batch:
-            if rng.random() < 0.3:
-                sc = single_object(rng, 128)
-            else:
-                sc = pool[int(rng.integers(0, len(pool)))]
-            if len(sc.instances) == 0:
-                continue
-            k = int(rng.integers(0, len(sc.instances)))
-            crops.append(crop(rng, sc.image, sc.instances[k]))
-            texts.append(caption(rng, int(sc.classes[k]), sc.colours[k]))
-        ids = tok(texts, padding=True, return_tensors="pt")
-        out = model(**ids, pixel_values=_clip_pixels(torch, np.stack(crops)))
-        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target))
+        loss = caption_loss(torch, model, tok, *caption_batch(rng, pool, batch))
         opt.step(loss, loss.item())
     return model.eval(), tok, opt.losses
+
+
+def caption_batch(rng: np.random.Generator, pool: list[Scene], batch: int) -> tuple[np.ndarray, list[str]]:
+    """``batch`` captioned instance crops (30 % from fresh single-object images): (B, S, S, 3) uint8, captions."""
+    crops, texts = [], []
+    while len(crops) < batch:
+        sc = single_object(rng, 128) if rng.random() < 0.3 else pool[int(rng.integers(0, len(pool)))]
+        if len(sc.instances) == 0:
+            continue
+        k = int(rng.integers(0, len(sc.instances)))
+        crops.append(crop(rng, sc.image, sc.instances[k]))
+        texts.append(caption(rng, int(sc.classes[k]), sc.colours[k]))
+    return np.stack(crops), texts
+
+
+def caption_loss(torch, model, tok, crops: np.ndarray, texts: list[str]):
+    """Symmetric contrastive loss with soft targets: every pair with the same caption is a positive."""
+    import torch.nn.functional as F
+
+    ids = tok(texts, padding=True, return_tensors="pt")
+    out = model(**ids, pixel_values=_clip_pixels(torch, crops))
+    same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.float32)
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target))
 
 
 def clip_quality(model, tokenizer, scenes: list[Scene]) -> float:
@@ -120,3 +128,61 @@ def clip_quality(model, tokenizer, scenes: list[Scene]) -> float:
             v = v / v.norm(dim=-1, keepdim=True)
             correct += int(((v @ t.T).argmax(1).numpy() == np.array(labels[s:s + 256])).sum())
     return correct / len(crops)
+
+
+def crop_targets(semantic: np.ndarray, crops_per_side: int, grid: int) -> np.ndarray:
+    """Per crop of FMbSeg's crop grid, the majority class of each of its ``grid`` × ``grid``
+    patches: (H, W) class map → (G², grid²) int64 (0 = background)."""
+    from PIL import Image
+
+    side = crops_per_side * grid * 4  # 4 samples per patch side
+    small = np.asarray(Image.fromarray(semantic).resize((side, side), Image.NEAREST))
+    g, k = crops_per_side * grid, 4
+    cells = small.reshape(g, k, g, k).transpose(0, 2, 1, 3).reshape(g, g, k * k)
+    votes = np.stack([(cells == c).sum(-1) for c in range(len(CLASSES) + 1)], -1).argmax(-1)  # (g, g)
+    return votes.reshape(crops_per_side, grid, crops_per_side, grid).transpose(0, 2, 1, 3).reshape(
+        crops_per_side ** 2, grid * grid)
+
+
+def finetune_dense(model, tokenizer, pool: list[Scene], steps: int, batch: int, lr: float, seed: int,
+                   log: Callable[[str], None] = print, crops_per_side: int = 4,
+                   background: str = "a photo of the background"):
+    """Teach the toy CLIP's patch tokens what they show, as real CLIPs' value-path patch features
+    do (FMbSeg's appendix): each scene oversampled and cut as FMbSeg's Stage 1 cuts it, each
+    patch's value-path feature classified against the prompts (``background`` + "a photo of a
+    {c}") by a class-balanced cross-entropy, plus ``train_clip``'s caption loss on instance crops so
+    that the crop classifier stays (``clip_quality`` measures it). The scene classes are the toy CLIP's training data (its pool),
+    never the held-out scenes.
+
+    Returns:
+        (the model, list of per-step dense losses).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..models.clip import dense_projected, projected
+    from ..methods.fmbseg import crop_grid
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.train()
+    opt = Optimiser(model.parameters(), lr, steps, "clip dense", log)
+    prompts = tokenizer([background, *[f"a photo of a {c}" for c in CLASSES]], padding=True, return_tensors="pt")
+    grid = CLIP_SIZE // model.config.vision_config.patch_size
+    for _ in range(steps):
+        crops, targets = [], []
+        for i in rng.integers(0, len(pool), batch):
+            sc = pool[int(i)]
+            x = _clip_pixels(torch, sc.image[None])[0]
+            pick = rng.choice(crops_per_side ** 2, 4, replace=False)  # 4 of the 16 crops per scene
+            crops.append(crop_grid(x, crops_per_side, CLIP_SIZE)[pick])
+            targets.append(crop_targets(sc.semantic, crops_per_side, grid)[pick])
+        y = torch.as_tensor(np.concatenate(targets).reshape(-1))
+        patches, _ = dense_projected(model, torch.cat(crops), "value")
+        text = F.normalize(projected(model.get_text_features(**prompts)), dim=-1)
+        logits = F.normalize(patches.reshape(-1, patches.shape[-1]), dim=-1) @ text.T * model.logit_scale.exp()
+        weight = 1.0 / torch.bincount(y, minlength=len(CLASSES) + 1).clamp(min=1).float()
+        dense = F.cross_entropy(logits, y, weight=weight / weight.sum())
+        loss = dense + caption_loss(torch, model, tokenizer, *caption_batch(rng, pool, 32))
+        opt.step(loss, dense.item())  # the curve follows the dense objective
+    return model.eval(), opt.losses

@@ -9,9 +9,9 @@ held-out scenes (a seed no training uses):
 - SAM: mean mask IoU of the best-by-predicted-IoU multimask output for one interior point per
   ground-truth instance;
 - CLIP: zero-shot accuracy of instance crops against "a photo of a {class}" prompts (chance 20 %);
-- DINOv2: accuracy (and class-balanced accuracy) of a linear probe (least squares on one-hot
-  targets) classifying 8×8 patches into background + 5 classes, fitted on training scenes,
-  scored on held-out ones.
+- DINOv2: accuracy (and balanced accuracy) of a class-balanced linear probe (weighted least
+  squares on one-hot targets) classifying 8×8 patches into background + 5 classes, fitted on
+  scenes no training uses (``PROBE_SEED``), scored on the held-out ones.
 
 One module per family trains and measures it (``toy_sam``, ``toy_clip``, ``toy_dino``; shared
 pieces in ``common``); this one runs the three in order, measures them and writes the zoo.
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.toyscenes import Scene
 from .common import EVAL_SEED, PROBE_SEED, TRAIN_SEED, scene_pool
-from .toy_clip import CLIP_SIZE, clip_quality, train_clip
+from .toy_clip import CLIP_SIZE, clip_quality, finetune_dense, train_clip
 from .toy_dino import dino_quality, train_dino
 from .toy_sam import TOY_SAM_ARCH, sam_quality, train_sam
 
@@ -46,15 +46,21 @@ class TrainSettings:
     clip_steps: int = 1500
     clip_batch: int = 96
     clip_lr: float = 1e-3
-    dino_steps: int = 800
+    dino_steps: int = 1600
     dino_batch: int = 24
-    dino_lr: float = 1e-3
+    dino_lr: float = 2e-3
+    dino_clip_weight: float = 3.0
+    clip_dense_steps: int = 1000
+    clip_dense_batch: int = 16
+    clip_dense_lr: float = 3e-4
+    clip_dense_pool: int = 600
 
     @classmethod
     def quick(cls) -> "TrainSettings":
         """A few seconds per model: for tests that only need to see the loss fall."""
         return cls(pool=60, sam_steps=40, sam_batch=4, sam_prompts=2, clip_steps=80, clip_batch=32,
-                   dino_steps=30, dino_batch=4)
+                   dino_steps=30, dino_batch=4, clip_dense_steps=200, clip_dense_batch=8, clip_dense_lr=3e-3,
+                   clip_dense_pool=60)
 
 
 def save_zoo(out: Path, sam, clip, tokenizer, dino, quality: dict) -> None:
@@ -84,7 +90,8 @@ def save_zoo(out: Path, sam, clip, tokenizer, dino, quality: dict) -> None:
 
 def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callable[[str], None] = print,
               eval_scenes: int = 200) -> dict:
-    """Train SAM, then CLIP, then DINOv2 (distilled from that SAM), measure each, save to ``out``.
+    """Train SAM, then CLIP, then DINOv2 (distilled from that SAM and CLIP), then fine-tune CLIP's
+    dense features; measure each, save to ``out``.
 
     Returns:
         quality figures and per-model loss curves' first/last means.
@@ -100,7 +107,10 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
     clip, tok, clip_losses = train_clip(pool, settings.clip_steps, settings.clip_batch, settings.clip_lr,
                                         TRAIN_SEED + 2, log)
     dino, dino_losses = train_dino(pool, sam, clip, settings.dino_steps, settings.dino_batch, settings.dino_lr,
-                                   TRAIN_SEED + 3, log)
+                                   TRAIN_SEED + 3, log, settings.dino_clip_weight)
+    # after the DINOv2 distillation (it distils the crop-trained CLIP): teach CLIP's patches what they show
+    clip, dense_losses = finetune_dense(clip, tok, pool[:settings.clip_dense_pool], settings.clip_dense_steps,
+                                        settings.clip_dense_batch, settings.clip_dense_lr, TRAIN_SEED + 5, log)
     quality = measure(sam, clip, tok, dino, held_out, scene_pool(min(300, settings.pool), PROBE_SEED))
 
     def ends(curve: list[float]) -> list[float]:
@@ -108,7 +118,8 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
         return [float(np.mean(curve[:k])), float(np.mean(curve[-k:]))]
 
     quality.update({"train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-                    "loss_first_last": {"sam": ends(sam_losses), "clip": ends(clip_losses), "dino": ends(dino_losses)},
+                    "loss_first_last": {"sam": ends(sam_losses), "clip": ends(clip_losses), "dino": ends(dino_losses),
+                                        "clip_dense": ends(dense_losses)},
                     "settings": settings.__dict__})
     save_zoo(out, sam, clip, tok, dino, quality)
     log(f"toy zoo: written to {out} in {quality['train_seconds']}s")

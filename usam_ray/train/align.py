@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data.shards import MANIFEST, list_shards, read_manifest, read_shard_meta
-from .loop import collect_bags, fit_phase, is_validation, report_epoch, steps_everywhere
+from .loop import collect_bags, fit_phase, is_validation, prepare_run, report_epoch, steps_everywhere
 from .usam import TrainDataError
 
 
@@ -197,7 +197,6 @@ def train_align(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
 
     from ..heads.checkpoint import write_head_json
     from ..models.registry import models_dir_from_env
-    from ..runtime import init_ray
 
     pseudo_dir = Path(cfg.pseudo)
     features_dir = Path(cfg.features) if cfg.features is not None else pseudo_dir.parent / "features"
@@ -208,11 +207,7 @@ def train_align(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
         raise TrainDataError(f"{features_dir} does not name the CLIP its pseudo labels came from")
     prototypes, prompts = text_prototypes(clip_name, classes, cfg.fmbseg, models_dir_from_env(cfg.runtime.models_dir))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "ray", ignore_errors=True)  # a fresh run: Ray Train would resume one it finds there
-    resources = init_ray(cfg.runtime.address, log)
-    use_gpu = resources.gpus >= 1 and cfg.runtime.device != "cpu"
-    workers = cfg.workers or (max(1, int(resources.gpus)) if use_gpu else 1)
+    workers, use_gpu = prepare_run(out, cfg.runtime, cfg.workers, log)
     log(f"train align: {info['images']} images of {pseudo_dir}, {len(classes)} classes + background; "
         f"{cfg.kind} module {info['dim']} → {prototypes.shape[1]}; {workers} worker(s) on {'GPU' if use_gpu else 'CPU'}")
     ds = ray.data.from_items([{"name": n} for n in info["names"]], override_num_blocks=len(info["names"]))

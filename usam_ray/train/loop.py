@@ -67,6 +67,24 @@ def report_epoch(model, metrics: dict, config: dict, rank0: bool) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def prepare_run(out: Path, runtime, workers, log: Callable[[str], None]) -> tuple[int, bool]:
+    """Create the head directory ``out`` (a fresh run: Ray Train would resume a ``ray/`` folder it
+    finds there, so that goes), start or join Ray, and decide the workers.
+
+    Returns:
+        (workers: ``workers`` or one per GPU, else 1; whether they use GPUs).
+    """
+    import shutil
+
+    from ..runtime import init_ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "ray", ignore_errors=True)
+    resources = init_ray(runtime.address, log)
+    use_gpu = resources.gpus >= 1 and runtime.device != "cpu"
+    return workers or (max(1, int(resources.gpus)) if use_gpu else 1), use_gpu
+
+
 def fit_phase(loop: Callable[[dict], None], phase: str, config: dict, datasets: dict, out: Path, workers: int,
               use_gpu: bool, log: Callable[[str], None], shown: Callable[[dict], dict]):
     """One ``TorchTrainer`` run of ``loop`` on ``datasets``; returns (result, every epoch's metrics in order).

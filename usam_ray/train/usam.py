@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..data.shards import list_shards, read_column, read_shard_meta
-from .loop import collect_bags, fit_phase, is_validation, report_epoch, steps_everywhere
+from .loop import collect_bags, fit_phase, is_validation, prepare_run, report_epoch, steps_everywhere
 
 
 class TrainDataError(ValueError):
@@ -228,17 +228,12 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
     from ..heads.checkpoint import write_head_json
-    from ..runtime import init_ray
 
     embed_dir = Path(cfg.embeddings)
     info = embeddings_info(embed_dir)
     classes = class_list(embed_dir, cfg.classes)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "ray", ignore_errors=True)  # a fresh run: Ray Train would resume one it finds there
-    resources = init_ray(cfg.runtime.address, log)
-    use_gpu = resources.gpus >= 1 and cfg.runtime.device != "cpu"
-    workers = cfg.workers or (max(1, int(resources.gpus)) if use_gpu else 1)
+    workers, use_gpu = prepare_run(out, cfg.runtime, cfg.workers, log)
     log(f"train: {len(classes)} classes {classes}; {info['prompts']} masks × {info['token_dim']} floats per image; "
         f"{workers} worker(s) on {'GPU' if use_gpu else 'CPU'}")
     ds = ray.data.from_items([{"path": p} for p in info["shards"]], override_num_blocks=len(info["shards"]))
