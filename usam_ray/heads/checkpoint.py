@@ -29,6 +29,19 @@ def save_head(path: Path, model, classes: list[str], phase: str, epoch: int, met
                 "epoch": epoch, "metrics": metrics, "embeddings": embeddings, **(extra or {})}, path)
 
 
+def head_checkpoint(head: Path, checkpoint: str, trainer: str) -> Path:
+    """A head directory and a checkpoint name → its file (``RUN/align`` + ``best`` →
+    ``RUN/align/best.pt``); a .pt path stays as it is.
+
+    Raises:
+        FileNotFoundError: no such checkpoint (saying to run ``usam-ray <trainer>`` first).
+    """
+    path = Path(head) / f"{checkpoint}.pt" if Path(head).is_dir() else Path(head)
+    if not path.is_file():
+        raise FileNotFoundError(f"head checkpoint {path} does not exist (run `usam-ray {trainer}` first)")
+    return path
+
+
 def load_head(path: Path, device: str = "cpu"):
     """A head checkpoint → (the head in eval mode, the checkpoint dict): an ``AlignmentHead`` when
     the checkpoint says ``method: fmbseg``, else U-SAM's ``MaskClassifier``."""

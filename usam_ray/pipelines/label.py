@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from ..config import EmbedConfig, LabelConfig, LabelSettings, stable_hash
 from ..data.shards import check_fingerprints, list_shards, read_shard_meta, remove_temp_files, update_manifest, utc_now
-from ..heads.checkpoint import HeadMismatchError, check_head, head_info
+from ..heads.checkpoint import HeadMismatchError, check_head, head_checkpoint, head_info
 from ..models.registry import weights_fingerprint
 from .label_stage import LabelShardStage, SamClipShardStage
 
@@ -47,9 +47,7 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
     start = time.time()
     if cfg.head is None or cfg.out is None:
         raise ValueError("label needs --head and --out")
-    head_path = Path(cfg.head) / f"{cfg.checkpoint}.pt" if Path(cfg.head).is_dir() else Path(cfg.head)
-    if not head_path.is_file():
-        raise FileNotFoundError(f"head checkpoint {head_path} does not exist (run `usam-ray train usam` first)")
+    head_path = head_checkpoint(Path(cfg.head), cfg.checkpoint, "train usam")
     ckpt = head_info(head_path)  # classes and embeddings, from head.json (no torch here)
     if ckpt["method"] != "usam":
         raise HeadMismatchError(f"head {head_path} is an FMbSeg alignment module: label with --method fmbseg")

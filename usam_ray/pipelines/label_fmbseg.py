@@ -21,8 +21,8 @@ from ..config import LabelConfig, LabelSettings, RuntimeConfig, SamConfig, stabl
 from ..data.shards import (
     check_fingerprints, list_shards, read_column, remove_temp_files, shard_name, update_manifest, utc_now,
 )
-from ..data.sources import list_source, parse_source
-from ..heads.checkpoint import HeadMismatchError, head_info
+from ..data.sources import Listing, list_source, parse_source
+from ..heads.checkpoint import HeadMismatchError, head_checkpoint, head_info
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve, resolve_default, weights_fingerprint
 from ..models.sam import spec_with_arch
 from ..progress import Progress
@@ -43,20 +43,8 @@ class FmbsegLabelPlan:
     sam: ResolvedModel
     fingerprint: str
     provenance: str
-    listing: object
+    listing: Listing
     already_done: int
-
-
-def head_checkpoint(head: Path, checkpoint: str) -> Path:
-    """``RUN/align`` + ``best`` → ``RUN/align/best.pt`` (a .pt path stays as it is).
-
-    Raises:
-        FileNotFoundError: no such checkpoint.
-    """
-    path = Path(head) / f"{checkpoint}.pt" if Path(head).is_dir() else Path(head)
-    if not path.is_file():
-        raise FileNotFoundError(f"head checkpoint {path} does not exist (run `usam-ray train align` first)")
-    return path
 
 
 def labelled_ids(labels_dir: Path) -> set[str]:
@@ -78,7 +66,7 @@ def plan_label_fmbseg(cfg: LabelConfig, classes: Optional[list[str]] = None) -> 
     """
     if cfg.images is None or cfg.head is None or cfg.out is None:
         raise ValueError("label --method fmbseg needs --images, --head (RUN/align) and --out")
-    head_path = head_checkpoint(Path(cfg.head), cfg.checkpoint)
+    head_path = head_checkpoint(Path(cfg.head), cfg.checkpoint, "train align")
     info = head_info(head_path)
     if info.get("method") != "fmbseg":
         raise HeadMismatchError(f"head {head_path} is not an FMbSeg alignment module (train one with "

@@ -101,18 +101,6 @@ def _read_pairs(batch: dict, pseudo_dir: str, features_dir: str, classes: int, f
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def patch_accuracy(head, x, y, prototypes) -> tuple[int, int]:
-    """(patches whose nearest prototype is their target, patches) for images ``x`` (B, N, D)
-    with targets ``y`` (B, N)."""
-    import torch
-
-    from ..heads.align import label_patches
-
-    with torch.no_grad():
-        pred = label_patches(head(x), prototypes).argmax(-1)
-    return int((pred == y).sum()), int(y.numel())
-
-
 def _align_loop(config: dict) -> None:
     """Runs on every Ray Train worker: ``epochs`` of TSupCon steps over ``batch_size``-image
     batches (SGD, cosine-annealed per step), validation patch accuracy and loss, one report per
@@ -121,7 +109,7 @@ def _align_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from ..heads.align import AlignmentHead, tsupcon
+    from ..heads.align import AlignmentHead, label_patches, tsupcon
 
     torch.manual_seed(config["seed"])
     device = ray.train.torch.get_device()
@@ -158,10 +146,11 @@ def _align_loop(config: dict) -> None:
         model.eval()
         val_loss = 0.0
         for x, y in batches(val_idx, -(-len(val_idx) // bs)):
-            c, n = patch_accuracy(model, x, y, prototypes)
-            correct, seen = correct + c, seen + n
             with torch.no_grad():
-                val_loss += float(tsupcon(model(x).reshape(-1, prototypes.shape[1]), y.reshape(-1), prototypes,
+                z = model(x)  # (B, N, E)
+                correct += int((label_patches(z, prototypes).argmax(-1) == y).sum())
+                seen += int(y.numel())
+                val_loss += float(tsupcon(z.reshape(-1, prototypes.shape[1]), y.reshape(-1), prototypes,
                                           config["temperature"])) * len(x)
         acc = correct / seen if seen else float("nan")
         metrics = {"phase": "align", "epoch": epoch, "loss": total / max(steps, 1),
