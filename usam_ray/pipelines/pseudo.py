@@ -270,7 +270,8 @@ def write_stage1_labels(pseudo_dir: Path, out: Path, classes: list[str], fractio
     """Stage 1's pseudo labels as a labels directory (to score them like any method): per image the
     pseudo label map of its 1.1 masks and the seeded ``fraction`` of its 1.2 masks (what Stage 2
     trains on; ``fraction`` 0 → 1.1 only) as the semantic PNG, the kept masks as instances
-    (score = SAM's predicted IoU, provenance ``fmbseg_stage1_1``/``_2``).
+    (score = SAM's predicted IoU, provenance ``fmbseg_stage1``; the pseudo shards keep each mask's
+    ``fmbseg_stage1_1``/``_2``).
 
     Returns:
         (images, instances) in ``out``.
