@@ -1,19 +1,13 @@
-"""Ray Job entrypoint for the embed stage on a cluster.
+"""Ray Job entrypoint of `usam-ray embed` (what `usam-ray submit` starts on the cluster).
 
-Submit from a machine that can reach the cluster's dashboard:
-
-    ray job submit --address http://HEAD:8265 --runtime-env jobs/runtime_env.yaml --working-dir . -- \
-        python jobs/embed_job.py --images /shared/images --out /shared/runs/r1 --models /shared/models
-
-The driver joins the cluster (``RAY_ADDRESS`` is set by the job server), plans the run (errors
-before any work), and streams shards to the shared run directory; re-submitting resumes.
+`usam-ray submit CONFIG` resolves and checks the configuration on the submitting machine and
+passes it in $USAM_RAY_JOB_CONFIG; this runs the same command as the CLI with it, joined to the
+cluster (the job server sets RAY_ADDRESS). Exit code: 0 complete, 3 incomplete, 2 bad input, 1 failed.
 """
-
-from __future__ import annotations
 
 import sys
 
-from usam_ray.cli import app
+from usam_ray.cli.cluster import job_main
 
 if __name__ == "__main__":
-    sys.exit(app(["embed", *sys.argv[1:]]))
+    sys.exit(job_main("embed"))

@@ -98,6 +98,11 @@ class RuntimeConfig(_Section):
         "Arrow) overlap another's GPU work, at twice the GPU memory.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for model actors.")
+    stall_timeout_s: float = Field(
+        1800.0, ge=0,
+        description="Stop a stage as incomplete when no image has finished for this long (a lost node, a cluster "
+        "short of what the plan reserved); what was written stays and a re-run continues. 0: wait forever.",
+    )
     mask_chunk: int = Field(256, ge=1, description="At most this many masks upsampled to full image size at a time.")
     mask_pixel_budget: int = Field(
         1 << 26, ge=1,

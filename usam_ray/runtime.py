@@ -6,19 +6,84 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from .config import RuntimeConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What the cluster offers: ``cpus`` (float) and ``gpus`` (float), summed over nodes."""
+    """What the cluster offers: ``cpus`` (float) and ``gpus`` (float), summed over nodes, and
+    ``node_cpus``, each live node's CPUs (empty: not known, one node assumed)."""
 
     cpus: float
     gpus: float
+    node_cpus: tuple[float, ...] = ()
+
+
+class StageStalled(RuntimeError):
+    """No result came out of a Ray Data stage for ``runtime.stall_timeout_s``."""
+
+
+def stall_guard(rows: Iterable[T], timeout_s: float, stage: str) -> Iterator[T]:
+    """``rows`` as they come, raising ``StageStalled`` when none came for ``timeout_s`` seconds (0:
+    never). The iteration runs in a daemon thread, so a Ray Data pipeline that waits forever (its
+    actors' node gone, resources it reserved no longer there) cannot hold the caller.
+
+    Raises:
+        StageStalled: names the stage, the wait and what Ray has now.
+    """
+    if not timeout_s:
+        yield from rows
+        return
+    import queue
+    import threading
+
+    box: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for row in rows:
+                box.put(("row", row))
+            box.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box.put(("error", exc))
+
+    threading.Thread(target=pump, name=f"usam-ray-{stage}-rows", daemon=True).start()
+    while True:
+        try:
+            kind, value = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise StageStalled(f"{stage}: no image finished in {timeout_s:g}s (runtime.stall_timeout_s) — a node may "
+                               f"have been lost or the cluster is short of what the stage reserved ({_now_has()}); "
+                               "the shards written are kept: re-run to continue") from None
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
+
+
+def rows_until_stalled(rows: Iterable[T], timeout_s: float, stage: str, log: Callable[[str], None]) -> Iterator[T]:
+    """``stall_guard`` that ends the iteration instead of raising: the stall is logged and the
+    caller's summary then finds the stage incomplete (its run.json says so; the CLI exits 3)."""
+    try:
+        yield from stall_guard(rows, timeout_s, stage)
+    except StageStalled as exc:
+        log(str(exc))
+
+
+def _now_has() -> str:
+    try:
+        import ray
+
+        res = ray.available_resources()
+        return f"Ray has {len([n for n in ray.nodes() if n.get('Alive')])} live node(s), {res.get('CPU', 0):g} CPUs free"
+    except Exception:  # noqa: BLE001 - only a hint
+        return "Ray's state unknown"
 
 
 @dataclass(frozen=True)
@@ -126,7 +191,8 @@ def init_ray(address: Optional[str] = None, log: Optional[Callable[[str], None]]
     if not verbose:
         quiet_ray_logs()
     res = ray.cluster_resources()
-    return Resources(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)))
+    nodes = tuple(float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive"))
+    return Resources(float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), nodes)
 
 
 def _session_logs() -> str:
@@ -140,7 +206,7 @@ def _session_logs() -> str:
 
 
 def plan_pools(cpus: float, gpus: float, device: str = "auto", num_actors: Optional[int] = None,
-               actors_per_gpu: int = 1, cpus_per_actor: float = 0.5) -> PoolPlan:
+               actors_per_gpu: int = 1, cpus_per_actor: float = 0.5, node_cpus: tuple[float, ...] = ()) -> PoolPlan:
     """Size a model actor pool and the read/write tasks around it, for any node shape. Pure.
 
     Args:
@@ -151,10 +217,14 @@ def plan_pools(cpus: float, gpus: float, device: str = "auto", num_actors: Optio
         actors_per_gpu (int): actors sharing one GPU (each reserves 1/k of it): one actor's host
             work (RLE, Arrow) then overlaps another's GPU work.
         cpus_per_actor (float): CPUs a CPU-only model actor reserves at most.
+        node_cpus (tuple[float, ...]): each node's CPUs (empty: one node).
 
     The plan always fits: the model actors together reserve at most half the CPUs, and the
     readers and writers share the rest, so ``reserved_cpus() <= cpus`` — no node shape leaves a
     read task waiting for a CPU that an idle actor holds (2 CPUs + 1 GPU deadlocked that way).
+    On several nodes a task must also fit *on one node* beside the actors Ray spreads there: read
+    and write tasks reserve at most what the smallest node keeps free with its share of actors
+    (two 1-CPU nodes with an actor each left 0.5 CPU per node, and a 0.75-CPU read task never ran).
 
     Raises:
         RuntimeError: ``device`` is ``cuda`` but there is no GPU.
@@ -179,6 +249,10 @@ def plan_pools(cpus: float, gpus: float, device: str = "auto", num_actors: Optio
     write_cpus = min(1.0, rest / (4 * write_tasks)) if rest < 4 * write_tasks else 1.0
     read_budget = rest - write_tasks * write_cpus
     read_cpus = min(1.0, read_budget)
+    if len(node_cpus) > 1:
+        spare = min(node_cpus) - math.ceil(size / len(node_cpus)) * actor_cpus  # per node, actors spread evenly
+        cap = max(0.05, spare / 2)  # one reader and one writer beside them
+        read_cpus, write_cpus = min(read_cpus, cap), min(write_cpus, cap)
     read_tasks = max(1, int(read_budget / read_cpus + 1e-9))
     return PoolPlan(size=size, num_cpus=actor_cpus, num_gpus=num_gpus, device=dev, torch_threads=threads,
                     read_tasks=read_tasks, read_cpus=read_cpus, write_tasks=write_tasks, write_cpus=write_cpus)
@@ -194,7 +268,7 @@ def plan_cpu_pool(cpus: float, num_actors: Optional[int] = None) -> tuple[int, f
 def plan_model_pool(runtime: RuntimeConfig, resources: Resources) -> PoolPlan:
     """``plan_pools`` for the cluster's resources and the runtime settings."""
     return plan_pools(resources.cpus, resources.gpus, runtime.device, runtime.num_actors,
-                      runtime.actors_per_gpu, runtime.cpus_per_actor)
+                      runtime.actors_per_gpu, runtime.cpus_per_actor, resources.node_cpus)
 
 
 def quiet_ray_data() -> None:

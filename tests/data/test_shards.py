@@ -1,3 +1,6 @@
+import os
+import socket
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,7 +64,9 @@ def test_manifest_updates_merge(tmp_path):
     update_manifest(tmp_path, "embed", status="running", rows=1)
     update_manifest(tmp_path, "embed", rows=5)
     m = read_manifest(tmp_path)
+    by = m["stages"]["embed"].pop("by")  # a status change records who made it
     assert m["stages"]["embed"] == {"status": "running", "rows": 5}
+    assert by["pid"] == str(os.getpid()) and by["host"] == socket.gethostname() and "job" not in by
 
 
 def test_list_values_reads_through_arrow_with_slices_and_chunks():

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -23,6 +23,7 @@ from .schema import META_FINGERPRINT, META_KIND, META_MODELS
 
 MANIFEST = "run.json"
 TMP_PREFIX = ".tmp-"
+META_WRITER = b"usam_ray.writer"
 
 
 class StageConflictError(RuntimeError):
@@ -32,6 +33,29 @@ class StageConflictError(RuntimeError):
 def utc_now() -> str:
     """Current UTC time, ISO 8601 with seconds."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def whoami() -> dict[str, str]:
+    """Who is writing: ``host``, ``user``, ``pid``, the Ray ``node`` id when this process is in a Ray
+    job or task, and the ``job`` (the submission id that ``usam-ray submit`` gave it) when submitted."""
+    import getpass
+    import socket
+    import sys
+
+    me = {"host": socket.gethostname(), "pid": str(os.getpid())}
+    try:
+        me["user"] = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        me["user"] = str(os.getuid())
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            me["node"] = ray.get_runtime_context().get_node_id()
+    job = os.environ.get("USAM_RAY_SUBMISSION_ID")
+    if job:
+        me["job"] = job
+    return me
 
 
 def shard_name(image_ids: Iterable[str]) -> str:
@@ -52,9 +76,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_shard(table: pa.Table, path: Path, metadata: dict[bytes, bytes]) -> None:
-    """Write ``table`` with file ``metadata`` to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``table`` with file ``metadata`` to ``path`` atomically (temp file, fsync, rename); the
+    footer also says who wrote it (``whoami()`` under ``usam_ray.writer``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}"
+    metadata = {META_WRITER: json.dumps(whoami(), sort_keys=True).encode(), **metadata}
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), **metadata})
     try:
         pq.write_table(table.cast(schema), tmp, compression="zstd")
@@ -89,12 +115,15 @@ class ShardMeta:
         fingerprint (str | None): the configuration fingerprint of the stage that wrote it.
         models (dict[str, str]): registry name → weights fingerprint of the models used.
         schema (pa.Schema): the Arrow schema (column types, e.g. the token width).
+        writer (dict[str, str]): who wrote it (``whoami()``: host, node, pid, job); empty for
+            shards written before this was recorded.
     """
 
     kind: Optional[str]
     fingerprint: Optional[str]
     models: dict[str, str]
     schema: pa.Schema
+    writer: dict[str, str] = field(default_factory=dict)
 
 
 def read_shard_meta(path: Path) -> ShardMeta:
@@ -105,7 +134,8 @@ def read_shard_meta(path: Path) -> ShardMeta:
     def text(key: bytes) -> Optional[str]:
         return meta[key].decode() if key in meta else None
 
-    return ShardMeta(text(META_KIND), text(META_FINGERPRINT), json.loads(meta.get(META_MODELS, b"{}")), schema)
+    return ShardMeta(text(META_KIND), text(META_FINGERPRINT), json.loads(meta.get(META_MODELS, b"{}")), schema,
+                     json.loads(meta.get(META_WRITER, b"{}")))
 
 
 def shard_fingerprint(path: Path) -> Optional[str]:
@@ -151,8 +181,11 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def update_manifest(run_dir: Path, stage: str, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``stages[stage]`` of ``RUN/run.json`` and rewrite it atomically."""
+    """Merge ``fields`` into ``stages[stage]`` of ``RUN/run.json`` and rewrite it atomically; a
+    ``status`` change also records who made it (``by``: ``whoami()``)."""
     manifest = read_manifest(run_dir)
+    if "status" in fields:
+        fields = {**fields, "by": whoami()}
     manifest.setdefault("stages", {}).setdefault(stage, {}).update(fields)
     manifest["updated"] = utc_now()
     atomic_write_bytes(run_dir / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())

@@ -27,7 +27,7 @@ from ..data.sources import Listing, list_source, parse_source
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
 from ..models.sam import spec_with_arch, token_dim
 from ..progress import Progress
-from ..runtime import init_ray, plan_model_pool, quiet_ray_data
+from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from .stages import SamEmbedStage, read_images, write_errors, write_shard_batch
 
 STAGE = "embed"
@@ -174,7 +174,7 @@ def run_embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbedSumm
         ds = build_embed_dataset(plan, resources)
         show = log if cfg.runtime.progress else (lambda _l: None)
         with Progress("embed", listing.pending, "images", show) as progress:
-            for row in ds.iter_rows():
+            for row in rows_until_stalled(ds.iter_rows(), cfg.runtime.stall_timeout_s, "embed", log):
                 embedded += int(row["rows"])
                 errors += int(row["errors"])
                 if float(row["compile_s"]) > 0:

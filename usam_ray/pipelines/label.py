@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import EmbedConfig, LabelConfig, LabelSettings, stable_hash
-from ..data.shards import check_fingerprints, list_shards, read_shard_meta, remove_temp_files, update_manifest, utc_now
+from ..data.shards import (
+    check_fingerprints, count_rows, list_shards, read_shard_meta, remove_temp_files, update_manifest, utc_now,
+)
 from ..heads.checkpoint import HeadMismatchError, check_head, head_checkpoint, head_info
 from ..models.registry import weights_fingerprint
 from .label_stage import LabelShardStage, SamClipShardStage
@@ -71,14 +73,15 @@ def run_label(cfg: LabelConfig, log: Callable[[str], None] = print, classes: Opt
                                "embed": meta.fingerprint or ""})
     log(f"label: head {head_path} ({len(ckpt['classes'])} classes {ckpt['classes']})")
     update_manifest(out.parent, STAGE, status="running", started=utc_now(), fingerprint=fingerprint,
-                    head=str(head_path), config=cfg.model_dump(mode="json"))
+                    head=str(head_path), config=cfg.model_dump(mode="json"), total_images=count_rows(embed_dir))
     kwargs = {"head_path": str(head_path), "labels_dir": str(out), "settings": settings, "fingerprint": fingerprint,
               "overlays": cfg.overlays}
     summary = label_shards(LabelShardStage, kwargs, shards, out, ckpt["classes"], fingerprint, cfg.runtime, log,
                            cfg.export)
     summary.seconds = time.time() - start
-    update_manifest(out.parent, STAGE, status="complete", finished=utc_now(), images=summary.images_total,
-                    instances=summary.instances_total)
+    complete = summary.images_total >= count_rows(embed_dir)  # every embedded image labelled
+    update_manifest(out.parent, STAGE, status="complete" if complete else "incomplete", finished=utc_now(),
+                    images=summary.images_total, instances=summary.instances_total)
     return summary
 
 
@@ -94,7 +97,7 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
 
     from ..progress import Progress
     from .label_outputs import write_label_outputs
-    from ..runtime import init_ray, plan_cpu_pool, quiet_ray_data
+    from ..runtime import init_ray, plan_cpu_pool, quiet_ray_data, rows_until_stalled
 
     start = time.time()
     remove_temp_files(out)
@@ -112,7 +115,7 @@ def label_shards(stage_cls, kwargs: dict, shards: list[Path], out: Path, classes
                             num_cpus=cpus, fn_constructor_kwargs=kwargs)
         total_images = sum(pq.read_metadata(p).num_rows for p in pending)
         with Progress("label", total_images, "images", log if runtime.progress else (lambda _l: None)) as progress:
-            for row in ds.iter_rows():
+            for row in rows_until_stalled(ds.iter_rows(), runtime.stall_timeout_s, "label", log):
                 images += int(row["images"])
                 instances += int(row["instances"])
                 progress.update(int(row["images"]), instances=instances)

@@ -26,7 +26,7 @@ from ..heads.checkpoint import HeadMismatchError, head_checkpoint, head_info
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve, resolve_default, weights_fingerprint
 from ..models.sam import spec_with_arch
 from ..progress import Progress
-from ..runtime import init_ray, plan_model_pool, quiet_ray_data
+from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from .label import STAGE, LabelSummary
 from .label_stage import LabelledImage, write_labelled_shard
 from .stages import object_column, read_images, require_columns, write_errors
@@ -218,7 +218,8 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
     plan = plan_label_fmbseg(cfg, classes)
     out, listing = Path(cfg.out), plan.listing
     update_manifest(out.parent, STAGE, status="running", started=utc_now(), fingerprint=plan.fingerprint,
-                    head=str(plan.head_path), method=plan.provenance, config=cfg.model_dump(mode="json"))
+                    head=str(plan.head_path), method=plan.provenance, config=cfg.model_dump(mode="json"),
+                    total_images=listing.total)
     log(f"label: {listing.total} images in {cfg.images}; {plan.already_done} already labelled, {listing.pending} to "
         f"label with {plan.head_path} ({len(plan.classes)} classes, DINOv2 {plan.dino.spec.name}"
         f"{', refined by ' + plan.sam.spec.name + ' automatic masks' if cfg.refined else ''})")
@@ -244,7 +245,7 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
             batch_size=cfg.runtime.shard_size, compute=ray.data.TaskPoolStrategy(size=pool.write_tasks),
             num_cpus=pool.write_cpus)
         with Progress("label", listing.pending, "images", log if cfg.runtime.progress else (lambda _l: None)) as progress:
-            for row in ds.iter_rows():
+            for row in rows_until_stalled(ds.iter_rows(), cfg.runtime.stall_timeout_s, "label", log):
                 images += int(row["images"])
                 instances += int(row["instances"])
                 errors += int(row["errors"])

@@ -26,7 +26,7 @@ from ..data.sources import Listing, list_source, parse_source
 from ..models.registry import ResolvedModel, models_dir_from_env, resolve_default
 from ..models.sam import spec_with_arch
 from ..progress import Progress
-from ..runtime import init_ray, plan_model_pool, quiet_ray_data
+from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from ..types import Ontology
 from .stages import object_column, read_images, require_columns, write_errors
 
@@ -249,7 +249,7 @@ def run_pseudo(cfg: PseudoConfig, log: Callable[[str], None] = print) -> PseudoS
         ds = build_pseudo_dataset(plan, resources)
         show = log if cfg.runtime.progress else (lambda _l: None)
         with Progress("pseudo", listing.pending, "images", show) as progress:
-            for row in ds.iter_rows():
+            for row in rows_until_stalled(ds.iter_rows(), cfg.runtime.stall_timeout_s, "pseudo", log):
                 labelled += int(row["rows"])
                 masks += int(row["masks"])
                 errors += int(row["errors"])

@@ -126,7 +126,7 @@ def run_synth(cfg, log: Callable[[str], None] = print) -> dict:
     from ..models.registry import models_dir_from_env, resolve_default
     from ..progress import Progress
     from ..types import Ontology
-    from ..runtime import init_ray, plan_model_pool, quiet_ray_data
+    from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 
     start = time.time()
     if cfg.classes is None or cfg.out is None:
@@ -177,7 +177,7 @@ def run_synth(cfg, log: Callable[[str], None] = print) -> dict:
         ds = ds.map_batches(write_image_shard, batch_size=shard_size, num_cpus=0.25,
                             fn_kwargs={"out_dir": str(out), "fingerprint": fingerprint, "models": models})
         with Progress("synth", len(items), "images", log) as progress:
-            for row in ds.iter_rows():
+            for row in rows_until_stalled(ds.iter_rows(), cfg.runtime.stall_timeout_s, "synth", log):
                 progress.update(int(row["rows"]))
     total = len(read_column(out, "image_id"))
     return {"generated": len(items), "already": len(done), "total": total, "fingerprint": fingerprint,

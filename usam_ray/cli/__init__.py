@@ -12,12 +12,12 @@ from typing import List, Optional
 
 import typer
 
-from .config import (
+from ..config import (
     CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RunConfig, SynthConfig, TrainAlignConfig,
     TrainUsamConfig,
     detect_config_kind, load_config,
 )
-from .progress import Terminal
+from ..progress import Terminal
 
 app = typer.Typer(
     name="usam-ray",
@@ -92,10 +92,10 @@ def _require(cfg, options: dict[str, str], command: str) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's input, reported as one line instead of a traceback."""
-    from .data.shards import StageConflictError
-    from .data.sources import SourceError
-    from .models.registry import ModelNotFoundError
-    from .models.sam import CheckpointError
+    from ..data.shards import StageConflictError
+    from ..data.sources import SourceError
+    from ..models.registry import ModelNotFoundError
+    from ..models.sam import CheckpointError
 
     return (SourceError, ModelNotFoundError, CheckpointError, StageConflictError, ValueError, FileNotFoundError,
             KeyError)
@@ -122,6 +122,18 @@ def _echo_image_stage(done: str, summary) -> None:
         typer.echo(f"error rows: {summary.out}/errors/ (image id, path, stage, error type, message)")
 
 
+def _finish(run_dir) -> None:
+    """End a stage command: exit 3 (``submission.EXIT_INCOMPLETE``) with the status lines when the
+    run directory is not complete (an image neither done nor an error row, a killed stage, a
+    conflict): what a job's caller and ``usam-ray status`` both see."""
+    from ..data.status import COMPLETE, format_status, run_status
+
+    st = run_status(Path(run_dir))
+    if st.state not in (COMPLETE, "empty"):
+        _err(format_status(st))
+        raise typer.Exit(3)
+
+
 @app.command()
 def embed(
     images: Optional[str] = typer.Option(
@@ -146,12 +158,13 @@ def embed(
             sets, images=images, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors),
             options={"images": "--images", "out": "--out", "runtime.models_dir": "--models"})
         _require(cfg, {"images": "--images", "out": "--out"}, "embed")
-        from .pipelines.embed import run_embed
+        from ..pipelines.embed import run_embed
 
         summary = run_embed(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
     _echo_image_stage(f"embedded {summary.embedded} images", summary)
+    _finish(cfg.out)
 
 
 @app.command()
@@ -178,12 +191,13 @@ def pseudo(
             sets, images=images, classes=classes, out=out, **{"runtime.models_dir": models}, retry_errors=retry_errors),
             options=options)
         _require(cfg, {"images": "--images", "classes": "--classes", "out": "--out"}, "pseudo")
-        from .pipelines.pseudo import run_pseudo
+        from ..pipelines.pseudo import run_pseudo
 
         summary = run_pseudo(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
     _echo_image_stage(f"pseudo-labelled {summary.labelled} images ({summary.masks} masks)", summary)
+    _finish(Path(cfg.out).parent)
 
 
 LABEL_OPTIONS = {"images": "--images", "embeddings": "--from-embeddings", "head": "--head", "out": "--out",
@@ -224,7 +238,7 @@ def label(
     """
     term = Terminal()
     try:
-        from .types import Ontology
+        from ..types import Ontology
 
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
         cfg = load_config(LabelConfig, config, _overrides(
@@ -234,13 +248,13 @@ def label(
         if cfg.method == "fmbseg":
             if cfg.images is None:
                 _fail("label --method fmbseg needs --images (it runs DINOv2 on them)")
-            from .pipelines.label_fmbseg import run_label_fmbseg as run_label
+            from ..pipelines.label_fmbseg import run_label_fmbseg as run_label
         elif cfg.refined:
             _fail("--refined applies to --method fmbseg only")
         elif cfg.images is None and cfg.embeddings is None:
             _fail("label needs --images or --from-embeddings")
         else:
-            from .pipelines.label import run_label
+            from ..pipelines.label import run_label
 
         summary = run_label(cfg, log=term, classes=names)
     except _user_errors() as exc:
@@ -249,6 +263,7 @@ def label(
                f"{summary.images_total} semantic maps and {summary.instances_total} instances")
     typer.echo(f"COCO: {summary.out}/coco_dataset.json, {summary.out}/coco_results.json"
                + "".join(f", {summary.out}/{name}" for name in summary.exports))
+    _finish(Path(cfg.out).parent)
 
 
 @app.command()
@@ -260,12 +275,12 @@ def export(
                                             help="Label Studio image URL template with {file_name}."),
 ) -> None:
     """Write other label formats from an existing labels directory (no relabelling)."""
-    from .config import ExportSection
+    from ..config import ExportSection
 
     try:
         section = load_config(ExportSection, None, _overrides(None, formats=formats, image_url=image_url),
                               options={"formats": "--format", "image_url": "--image-url"})
-        from .pipelines.label_outputs import export_labels
+        from ..pipelines.label_outputs import export_labels
 
         written = export_labels(Path(labels), section)
     except _user_errors() as exc:
@@ -296,7 +311,7 @@ def synth(
     """Generate per-class training images (Stable Diffusion or the toy world) as Parquet shards; resumable."""
     term = Terminal()
     try:
-        from .types import Ontology
+        from ..types import Ontology
 
         Ontology.from_names(classes)
         cfg = load_config(SynthConfig, config, _overrides(
@@ -304,7 +319,7 @@ def synth(
                                                "synth.model": model, "synth.template": template, "synth.steps": steps,
                                                "synth.size": size, "synth.seed": seed, "runtime.models_dir": models}),
             options=SYNTH_OPTIONS)
-        from .pipelines.synth import run_synth
+        from ..pipelines.synth import run_synth
 
         result = run_synth(cfg, log=term)
     except _user_errors() as exc:
@@ -325,13 +340,14 @@ def run(
         cfg = load_config(RunConfig, config, _overrides(sets, out=out, **{"runtime.models_dir": models}),
                           options={"out": "--out", "runtime.models_dir": "--models"})
         _require(cfg, {"out": "out", "classes": "classes", "images": "images"}, "run")
-        from .workflows import check_run, run_pipeline
+        from ..workflows import check_run, run_pipeline
 
         check_run(cfg)
         result = run_pipeline(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
     _print_run(result, cfg.out)
+    _finish(cfg.out)
 
 
 @app.command()
@@ -348,7 +364,7 @@ def demo(
     try:
         cfg = load_config(DemoConfig, config, _overrides(sets, out=out, scenes=scenes, per_class=per_class),
                           options={"out": "--out", "scenes": "--scenes", "per_class": "--per-class"})
-        from .workflows import check_demo, run_demo
+        from ..workflows import check_demo, run_demo
 
         check_demo(cfg)
         result = run_demo(cfg, log=term)
@@ -358,8 +374,8 @@ def demo(
 
 
 def _print_run(result: dict, out) -> None:
-    from .eval.report import headline
-    from .workflows import comparison_table
+    from ..eval.report import headline
+    from ..workflows import comparison_table
 
     if result.get("eval"):
         typer.echo(headline(result["eval"]))
@@ -387,13 +403,13 @@ def train_usam_cmd(
     """
     term = Terminal()
     try:
-        from .types import Ontology
+        from ..types import Ontology
 
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
         cfg = load_config(TrainUsamConfig, config, _overrides(sets, embeddings=embeddings, out=out, classes=names),
                           options={"embeddings": "--embeddings", "out": "--out", "classes": "--classes"})
         _require(cfg, {"embeddings": "--embeddings", "out": "--out"}, "train usam")
-        from .train.usam import train_usam
+        from ..train.usam import train_usam
 
         summary = train_usam(cfg, log=term)
     except _user_errors() as exc:
@@ -422,7 +438,7 @@ def train_align_cmd(
                           _overrides(sets, pseudo=pseudo, out=out, kind=kind, **{"runtime.models_dir": models}),
                           options={"pseudo": "--pseudo", "out": "--out", "kind": "--kind", "runtime.models_dir": "--models"})
         _require(cfg, {"pseudo": "--pseudo", "out": "--out"}, "train align")
-        from .train.align import train_align
+        from ..train.align import train_align
 
         summary = train_align(cfg, log=term)
     except _user_errors() as exc:
@@ -453,12 +469,12 @@ def eval_(
         cfg = load_config(EvalConfig, config, _overrides(sets, labels=labels, gt=gt, out=out),
                           options={"labels": "--labels", "gt": "--gt", "out": "--out"})
         _require(cfg, {"labels": "--labels", "gt": "--gt"}, "eval")
-        from .eval.evaluate import run_eval
+        from ..eval.evaluate import run_eval
 
         report = run_eval(cfg, log=term)
     except _user_errors() as exc:
         _fail(str(exc))
-    from .eval.report import headline
+    from ..eval.report import headline
 
     typer.echo(headline(report))
     typer.echo("reports: " + ", ".join(report["written"].values()))
@@ -468,7 +484,7 @@ def eval_(
 @models_app.command("list")
 def models_list(models: Optional[Path] = ModelsOpt) -> None:
     """List registered models and whether their weights are found."""
-    from .models.registry import ModelNotFoundError, list_specs, models_dir_from_env, resolve
+    from ..models.registry import ModelNotFoundError, list_specs, models_dir_from_env, resolve
 
     try:
         folder = models_dir_from_env(models)
@@ -488,7 +504,7 @@ def models_tiny(
     seed: int = typer.Option(0, metavar="N", help="Random seed of the weights."),
 ) -> None:
     """Write random tiny SAM, CLIP, DINOv2 and Stable Diffusion models in their real formats."""
-    from .models.tiny import write_tiny_zoo
+    from ..models.tiny import write_tiny_zoo
 
     for name, path in write_tiny_zoo(directory, seed).items():
         typer.echo(f"{name:16s} {path}")
@@ -502,7 +518,7 @@ def samples(
     seed: int = typer.Option(0, metavar="N", help="Random seed."),
 ) -> None:
     """Write a few procedural sample images (shapes on textured backgrounds) to try the pipeline on."""
-    from .data.samples import write_sample_images
+    from ..data.samples import write_sample_images
 
     paths = write_sample_images(directory, n, seed)
     typer.echo(f"wrote {len(paths)} images to {directory}")
@@ -516,7 +532,7 @@ def toy_scenes(
     size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write multi-object toy scenes with ground truth that `usam-ray eval --gt folder:DIR` reads."""
-    from .data.toyscenes import write_scene_dataset
+    from ..data.toyscenes import write_scene_dataset
 
     write_scene_dataset(directory, n, seed, size)
     typer.echo(f"wrote {n} scenes to {directory} (ground truth: folder:{directory})")
@@ -530,7 +546,7 @@ def toy_objects(
     size: int = typer.Option(128, metavar="N", min=16, help="Image side in pixels."),
 ) -> None:
     """Write single-object toy images per class (the toy stand-in for "a photo of a {c}")."""
-    from .data.toyscenes import CLASSES, write_single_objects
+    from ..data.toyscenes import CLASSES, write_single_objects
 
     write_single_objects(directory, per_class, seed, size)
     typer.echo(f"wrote {per_class} images for each of {', '.join(CLASSES)} to {directory} (source classes:{directory})")
@@ -545,7 +561,7 @@ def toy_train_zoo(
 
     The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings.
     """
-    from .toyworld.zoo import TrainSettings, train_zoo
+    from ..toyworld.zoo import TrainSettings, train_zoo
 
     quality = train_zoo(out, TrainSettings.quick() if quick else TrainSettings(),
                         log=lambda line: typer.echo(line, err=True))
@@ -559,9 +575,9 @@ def toy_check(
     scenes: int = typer.Option(200, metavar="N", min=1, help="Held-out scenes to measure on."),
 ) -> None:
     """Measure the toy models on freshly generated held-out scenes and print their quality."""
-    from .models.registry import ModelNotFoundError, models_dir_from_env
-    from .models.sam import CheckpointError
-    from .toyworld.zoo import check_zoo
+    from ..models.registry import ModelNotFoundError, models_dir_from_env
+    from ..models.sam import CheckpointError
+    from ..toyworld.zoo import check_zoo
 
     try:
         quality = check_zoo(models_dir_from_env(models), scenes)
@@ -617,7 +633,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # typer >= 0.29 vendors click: find its exception base through typer's public BadParameter
     import contextlib
 
-    from .progress import native_stderr_to_file
+    from ..progress import native_stderr_to_file
 
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     args = sys.argv[1:] if argv is None else list(argv)
@@ -645,6 +661,10 @@ def _run(args: List[str], click_error: type) -> int:
         return 130
     return code if isinstance(code, int) else 0
 
+
+from . import cluster  # noqa: E402  (its commands register themselves on ``app``)
+
+COMMAND_MODULES = (cluster,)  # the modules whose commands extend ``app``
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
