@@ -210,8 +210,10 @@ def job_main(command: str, argv: Optional[List[str]] = None) -> int:
     from ..submission import CONFIG_ENV, EXIT_USAGE
     from . import main
 
-    try:  # load torch's native libraries before Ray's threads start: a job driver that first imported
-        import torch  # noqa: F401  # torch after Ray Data ran died in MKL's loader ("Cannot load libtorch_cpu.so")
+    import importlib
+
+    try:  # load torch's native libraries before Ray's threads start: a job driver that imported torch
+        importlib.import_module("torch")  # only after Ray Data ran died in MKL's loader ("Cannot load libtorch_cpu.so")
     except ImportError:  # a driver-only image without torch: the stages that need it say so
         pass
     text = os.environ.get(CONFIG_ENV)
