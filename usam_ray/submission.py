@@ -12,6 +12,7 @@ Nothing here imports ray at module level: ``usam-ray --help`` stays free of torc
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,16 @@ def submit_job(command: str, config_yaml: str, out: str, address: Optional[str] 
     submission_id = submission_id or new_submission_id(command)
     env = job_runtime_env(command, config_yaml, working_dir, runtime_env_file, submission_id)
     client = _client(address)
-    return client.submit_job(entrypoint=entrypoint(command), runtime_env=env, submission_id=submission_id,
-                             metadata={"usam_ray_command": command, "usam_ray_out": out})
+    deadline = time.time() + 120
+    while True:  # a head that just started has no job agent for a few seconds: Ray answers 500, "try again later"
+        try:
+            return client.submit_job(entrypoint=entrypoint(command), runtime_env=env, submission_id=submission_id,
+                                     metadata={"usam_ray_command": command, "usam_ray_out": out})
+        except RuntimeError as exc:
+            if "try again later" not in str(exc) or time.time() > deadline:
+                raise SubmissionError(f"{dashboard_address(address)} refused the job: {' '.join(str(exc).split())[:300]}"
+                                      ) from exc
+            time.sleep(2)
 
 
 def outcome(status: str, exit_code: Optional[int]) -> str:
