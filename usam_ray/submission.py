@@ -177,6 +177,11 @@ def outcome(status: str, exit_code: Optional[int]) -> str:
     return status.lower()
 
 
+def exit_code(outcome_: str) -> int:
+    """The exit code an ended job's ``outcome`` stands for (``OUTCOMES`` read backwards; 1 otherwise)."""
+    return {v: k for k, v in OUTCOMES.items()}.get(outcome_, EXIT_FAILED)
+
+
 def _row(info) -> JobRow:
     status = str(getattr(info.status, "value", info.status))
     meta = info.metadata or {}
@@ -192,31 +197,40 @@ def list_jobs(address: Optional[str] = None) -> list[JobRow]:
     return sorted((_row(j) for j in client.list_jobs() if j.submission_id), key=lambda r: r.start or 0)
 
 
-def job_status(job: str, address: Optional[str] = None) -> JobRow:
-    """One job's row.
+def _known(client, job: str, address: Optional[str]) -> JobRow:
+    """``job``'s row through ``client``.
 
     Raises:
         SubmissionError: no such job.
     """
-    client = _client(address)
     try:
         return _row(client.get_job_info(job))
     except RuntimeError as exc:
         raise SubmissionError(f"job {job}: not found at {dashboard_address(address)}") from exc
 
 
+def job_status(job: str, address: Optional[str] = None) -> JobRow:
+    """One job's row.
+
+    Raises:
+        SubmissionError: no such job.
+    """
+    return _known(_client(address), job, address)
+
+
 def job_logs(job: str, address: Optional[str] = None) -> str:
     """The job's output so far (its driver's stdout and stderr)."""
-    job_status(job, address)
-    return _client(address).get_job_logs(job)
+    client = _client(address)
+    _known(client, job, address)
+    return client.get_job_logs(job)
 
 
 def follow_logs(job: str, address: Optional[str] = None) -> Iterator[str]:
     """The job's output as it comes, until the job ends (chunks of text)."""
     import asyncio
 
-    job_status(job, address)
     client = _client(address)
+    _known(client, job, address)
     stream = client.tail_job_logs(job)
     loop = asyncio.new_event_loop()
     try:
@@ -231,5 +245,6 @@ def follow_logs(job: str, address: Optional[str] = None) -> Iterator[str]:
 
 def stop_job(job: str, address: Optional[str] = None) -> bool:
     """Ask the cluster to stop ``job``; False when it had already ended."""
-    job_status(job, address)
-    return bool(_client(address).stop_job(job))
+    client = _client(address)
+    _known(client, job, address)
+    return bool(client.stop_job(job))

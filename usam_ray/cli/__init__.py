@@ -127,11 +127,12 @@ def _finish(run_dir) -> None:
     run directory is not complete (an image neither done nor an error row, a killed stage, a
     conflict): what a job's caller and ``usam-ray status`` both see."""
     from ..data.status import COMPLETE, format_status, run_status
+    from ..submission import EXIT_INCOMPLETE
 
     st = run_status(Path(run_dir))
     if st.state not in (COMPLETE, "empty"):
         _err(format_status(st))
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command()

@@ -91,7 +91,7 @@ def submit(
 
 def _wait(job: str, address: Optional[str]) -> int:
     """Stream the job's output, then return its exit code (the driver's, or 1)."""
-    from ..submission import EXIT_FAILED, follow_logs, job_status
+    from ..submission import exit_code, follow_logs, job_status
 
     for chunk in follow_logs(job, address):
         sys.stdout.write(chunk)
@@ -101,8 +101,7 @@ def _wait(job: str, address: Optional[str]) -> int:
         time.sleep(0.5)
         row = job_status(job, address)
     _err(f"job {job}: {row.status} — {row.outcome}")
-    codes = {"complete": 0, "incomplete": 3, "bad input": 2}
-    return codes.get(row.outcome, EXIT_FAILED)
+    return exit_code(row.outcome)
 
 
 def _when(t: Optional[float]) -> str:
@@ -134,7 +133,7 @@ def jobs_list(address: Optional[str] = AddressOpt,
 @jobs_app.command("status")
 def jobs_status(job: str = typer.Argument(..., metavar="JOB"), address: Optional[str] = AddressOpt) -> None:
     """One job: status, outcome, times, Ray's message. Exit 0 complete, 3 not finished or incomplete, 1 failed."""
-    from ..submission import SubmissionError, job_status
+    from ..submission import EXIT_COMPLETE, EXIT_FAILED, EXIT_INCOMPLETE, SubmissionError, job_status
 
     try:
         r = job_status(job, address)
@@ -142,7 +141,8 @@ def jobs_status(job: str = typer.Argument(..., metavar="JOB"), address: Optional
         _fail(str(exc))
     typer.echo(f"{r.id}: {r.status} ({r.outcome})\n  command {r.command or '-'}, run directory {r.out or '-'}\n"
                f"  started {_when(r.start)}, ended {_when(r.end)}\n  {r.message}")
-    raise typer.Exit(0 if r.outcome == "complete" else 3 if r.outcome in ("incomplete", "pending", "running") else 1)
+    raise typer.Exit(EXIT_COMPLETE if r.outcome == "complete" else
+                     EXIT_INCOMPLETE if r.outcome in ("incomplete", "pending", "running") else EXIT_FAILED)
 
 
 @jobs_app.command("logs")
@@ -188,6 +188,7 @@ def status(
     from dataclasses import asdict
 
     from ..data.status import COMPLETE, format_status, run_status
+    from ..submission import EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_USAGE
 
     try:
         st = run_status(run)
@@ -198,8 +199,8 @@ def status(
     else:
         typer.echo(format_status(st))
     if st.state == "empty":
-        raise typer.Exit(2)
-    raise typer.Exit(0 if st.state == COMPLETE else 3)
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(EXIT_COMPLETE if st.state == COMPLETE else EXIT_INCOMPLETE)
 
 
 def job_main(command: str, argv: Optional[List[str]] = None) -> int:
