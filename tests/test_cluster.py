@@ -79,7 +79,11 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.dash}"
 
     def _ray(self, *args: str) -> None:
-        done = subprocess.run([str(BIN / "ray"), "start", *args, "--disable-usage-stats"], env=self.env,
+        # each node's agents on ports of their own: Ray's defaults (dashboard agent 52365, …) are taken by
+        # any other Ray instance on this machine, such as the test session's, and the head then has no job agent
+        agents = ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+                  "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())]
+        done = subprocess.run([str(BIN / "ray"), "start", *args, *agents, "--disable-usage-stats"], env=self.env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
