@@ -12,10 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+import re
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _local_path(value: Any) -> Any:
+    """Refuse a URI where a local (or mounted) path is needed: ``Path("s3://b/run")`` would silently
+    become the local folder ``s3:/b/run``."""
+    if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", value):
+        raise ValueError(f"{value} is a URI; run directories, heads, labels and models must be a local or mounted "
+                         "path (NFS, EFS, a PVC); URIs are read only for image sources (images)")
+    return value
+
+
+# a filesystem path that is not a URI (see _local_path)
+LocalPath = Annotated[Path, BeforeValidator(_local_path)]
 
 
 class _Section(BaseModel):
@@ -32,7 +46,7 @@ class SamConfig(_Section):
             "(the models folder's declared default, else the largest official SAM found there)."
         ),
     )
-    checkpoint: Optional[Path] = Field(
+    checkpoint: Optional[LocalPath] = Field(
         None, description="Explicit checkpoint file; overrides the models folder lookup."
     )
     points_per_side: int = Field(
@@ -81,7 +95,7 @@ class RuntimeConfig(_Section):
         description="Ray cluster to join (e.g. ray://HEAD:10001, HEAD:6379, or auto for the one `ray start` made here). "
         "None: $RAY_ADDRESS if set, else a private local instance for this command.",
     )
-    models_dir: Optional[Path] = Field(
+    models_dir: Optional[LocalPath] = Field(
         None, description="Folder of local checkpoints overriding the registry sources (also USAM_RAY_MODELS)."
     )
     batch_size: int = Field(4, ge=1, description="Images per model call (and per Ray Data batch).")
@@ -119,7 +133,7 @@ class EmbedConfig(_Section):
         None,
         description="Source: a folder (recursive), 'classes:DIR' (DIR/<class>/*.jpg), or Parquet file/folder with image bytes.",
     )
-    out: Optional[Path] = Field(None, description="Run directory; shards go to OUT/embed/.")
+    out: Optional[LocalPath] = Field(None, description="Run directory; shards go to OUT/embed/.")
     retry_errors: bool = Field(False, description="Drop earlier error rows and try those images again.")
     sam: SamConfig = Field(default_factory=SamConfig, description="SAM settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
@@ -258,11 +272,11 @@ def embed_fingerprint(cfg: EmbedConfig, sam_name: str, sam_fingerprint: str) -> 
 class EvalConfig(_Section):
     """`usam-ray eval`: score a labels directory against ground truth."""
 
-    labels: Optional[Path] = Field(None, description="Labels directory (semantic/<key>.png, optional instances).")
+    labels: Optional[LocalPath] = Field(None, description="Labels directory (semantic/<key>.png, optional instances).")
     gt: Optional[str] = Field(
         None, description="Ground truth: voc:ROOT[@split], coco:ANNOTATIONS.json[:IMAGES_DIR] or folder:ROOT."
     )
-    out: Optional[Path] = Field(None, description="Where report.json, report.md and the chart go (default LABELS/../eval).")
+    out: Optional[LocalPath] = Field(None, description="Where report.json, report.md and the chart go (default LABELS/../eval).")
     shard_size: int = Field(64, ge=1, description="Images per evaluation task.")
     parallel: bool = Field(True, description="Evaluate in Ray tasks (False: one process, same result).")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings (address).")
@@ -271,8 +285,8 @@ class EvalConfig(_Section):
 class TrainUsamConfig(_Section):
     """`usam-ray train usam`: the MIL teacher and the uncertainty-distilled student on embeddings."""
 
-    embeddings: Optional[Path] = Field(None, description="Embed stage directory (RUN/embed) of labelled images.")
-    out: Optional[Path] = Field(None, description="Head directory to write (RUN/head).")
+    embeddings: Optional[LocalPath] = Field(None, description="Embed stage directory (RUN/embed) of labelled images.")
+    out: Optional[LocalPath] = Field(None, description="Head directory to write (RUN/head).")
     classes: Optional[list[str]] = Field(
         None, description="Classes to learn, in order; default: the sorted image labels found in the embeddings."
     )
@@ -368,8 +382,8 @@ class LabelConfig(_Section):
     """`usam-ray label`: instances and semantic maps for every image, from a trained head."""
 
     images: Optional[str] = Field(None, description="Image source to label (embedded first into OUT/../embed).")
-    embeddings: Optional[Path] = Field(None, description="Label stored embeddings (RUN/embed) instead of images.")
-    head: Optional[Path] = Field(
+    embeddings: Optional[LocalPath] = Field(None, description="Label stored embeddings (RUN/embed) instead of images.")
+    head: Optional[LocalPath] = Field(
         None, description="Head directory: RUN/head (`usam-ray train usam`) or RUN/align (`usam-ray train align`)."
     )
     method: Literal["usam", "fmbseg"] = Field(
@@ -380,7 +394,7 @@ class LabelConfig(_Section):
         "best", description="Which head: best (validation), student (last) or teacher (MIL only); align (FMbSeg's last)."
     )
     retry_errors: bool = Field(False, description="fmbseg: drop earlier error rows and try those images again.")
-    out: Optional[Path] = Field(None, description="Labels directory (RUN/labels).")
+    out: Optional[LocalPath] = Field(None, description="Labels directory (RUN/labels).")
     overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
     export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
     label: LabelSettings = Field(default_factory=LabelSettings, description="Thresholds.")
@@ -402,14 +416,14 @@ class SynthSection(_Section):
     guidance: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
     size: int = Field(512, ge=16, description="Generated image side in pixels.")
     seed: int = Field(0, description="Base seed; each image's seed derives from (class, index).")
-    folder: Optional[Path] = Field(None, description="Class-per-folder root (source folder).")
+    folder: Optional[LocalPath] = Field(None, description="Class-per-folder root (source folder).")
 
 
 class SynthConfig(_Section):
     """`usam-ray synth`: per-class training images as Parquet image shards."""
 
     classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
-    out: Optional[Path] = Field(None, description="Folder for the Parquet image shards (RUN/synth).")
+    out: Optional[LocalPath] = Field(None, description="Folder for the Parquet image shards (RUN/synth).")
     synth: SynthSection = Field(default_factory=SynthSection, description="Generation settings.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
@@ -422,7 +436,7 @@ class PseudoConfig(_Section):
         None, description="Source (folder, classes:DIR or Parquet); image-level labels, where it has them, replace "
         "CLIP's presence test.",
     )
-    out: Optional[Path] = Field(
+    out: Optional[LocalPath] = Field(
         None, description="Pseudo-label folder (RUN/pseudo); the DINOv2 features go beside it (RUN/features)."
     )
     classes: Optional[str] = Field(None, description='The classes, comma-separated: "person, bicycle, dog".')
@@ -451,9 +465,9 @@ class TrainAlignConfig(_Section):
     features (RUN/features) into CLIP's text space, trained with TSupCon on Stage 1's pseudo
     labels (RUN/pseudo)."""
 
-    pseudo: Optional[Path] = Field(None, description="Pseudo-label folder (RUN/pseudo) written by `usam-ray pseudo`.")
-    features: Optional[Path] = Field(None, description="DINOv2 feature folder; default: RUN/features beside --pseudo.")
-    out: Optional[Path] = Field(None, description="Head directory to write (RUN/align).")
+    pseudo: Optional[LocalPath] = Field(None, description="Pseudo-label folder (RUN/pseudo) written by `usam-ray pseudo`.")
+    features: Optional[LocalPath] = Field(None, description="DINOv2 feature folder; default: RUN/features beside --pseudo.")
+    out: Optional[LocalPath] = Field(None, description="Head directory to write (RUN/align).")
     kind: Literal["block", "mlp", "linear"] = Field(
         "block", description="Alignment module: block (one transformer block; the paper's), mlp or linear (its ablation)."
     )
@@ -479,7 +493,7 @@ class RunConfig(_Section):
     """`usam-ray run`: each method's stages (U-SAM: synth → embed → train → label; FMbSeg: pseudo →
     train align → label) → eval, each stage resumed or skipped."""
 
-    out: Optional[Path] = Field(None, description="Run directory.")
+    out: Optional[LocalPath] = Field(None, description="Run directory.")
     methods: list[Literal["usam", "fmbseg"]] = Field(
         default_factory=lambda: ["usam"], min_length=1,
         description="Methods to run, in order; the first writes RUN/labels and RUN/eval, each other one RUN/<method>/.",
@@ -509,7 +523,7 @@ class RunConfig(_Section):
 class DemoConfig(_Section):
     """`usam-ray demo`: the whole job on the toy world (see ``workflows.py`` demo_config)."""
 
-    out: Path = Field(Path("runs/demo"), description="Run directory.")
+    out: LocalPath = Field(Path("runs/demo"), description="Run directory.")
     scenes: int = Field(60, ge=1, le=100_000, description="Held-out toy scenes to label and score.")
     per_class: int = Field(80, ge=1, le=100_000, description="Toy training images per class.")
     seed: int = Field(777, description="Seed of the held-out scenes (the training images use synth.seed 0).")

@@ -74,11 +74,16 @@ def test_embed_parquet_source(tmp_path, zoo, ray_session):
     pq.write_table(pa.table({"image": images, "image_id": [f"p{i}" for i in range(9)],
                              "labels": [["dog"]] * 9}), tmp_path / "src.parquet", row_group_size=4)
     run = tmp_path / "run"
-    summary = run_embed(_cfg(tmp_path / "src.parquet", run, zoo, "sam.points_per_side=2", "runtime.batch_size=3"))
+    # the source as a URI: listed and read through pyarrow's filesystem (data/storage.py), in Ray's read tasks too
+    uri = f"file://{tmp_path / 'src.parquet'}"
+    summary = run_embed(_cfg(uri, run, zoo, "sam.points_per_side=2", "runtime.batch_size=3"))
     assert (summary.embedded, summary.errors) == (8, 1)
     rows = pa.concat_tables(pq.read_table(s) for s in list_shards(run / "embed")).to_pylist()
     assert sorted(r["image_id"] for r in rows) == [f"p{i}" for i in range(9) if i != 4]
     assert all(r["labels"] == ["dog"] and r["height"] == 20 + int(r["image_id"][1:]) for r in rows)
+    assert all(r["path"].startswith(uri + "#") for r in rows)
+    (error,) = pq.read_table(list_shards(run / "embed" / "errors")[0]).to_pylist()
+    assert error["image_id"] == "p4" and error["path"].startswith(uri)
 
 
 def test_killed_run_resumes_to_exactly_once(tmp_path, zoo, ray_session):

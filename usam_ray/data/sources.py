@@ -1,11 +1,15 @@
 """Image sources: a folder (recursive), a class-per-folder tree, Parquet with image bytes.
 
+Each may be a local (or mounted) path or a URI that pyarrow's filesystems read (``s3://bucket/images``,
+``parquet:gs://bucket/shards``; ``data/storage.py``): listing and reading go through the source's
+``Location``, which read tasks receive with the units.
+
 A source is listed on the driver into *work units* (plain dicts, cheap: paths and ids, never
 pixels), minus the image ids already done; CPU tasks then read and decode units
 (``read_unit``). Listing also returns *listing errors*: files that are not images by extension,
 or files outside any class folder, so that nothing is skipped silently.
 
-Work unit keys: ``kind`` ("file" or "parquet"), ``path`` (str), ``image_ids`` (JSON list),
+Work unit keys: ``kind`` ("file" or "parquet"), ``path`` (str, inside the source's filesystem), ``image_ids`` (JSON list),
 ``labels`` (JSON list of label lists), ``rows`` (JSON list of row indices in the row group, parquet
 only), ``row_group`` (int, parquet only; -1 for files).
 """
@@ -13,14 +17,16 @@ only), ``row_group`` (int, parquet only; -1 for files).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Optional
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..config import DataConfig
 from .decode import decode_image
+from .storage import Location, StorageError, local, resolve
 
 
 class SourceError(ValueError):
@@ -33,18 +39,24 @@ class SourceSpec:
 
     Attributes:
         kind: "folder" (images under root, recursive), "classes" (root/<class>/...), "parquet".
-        root (Path): the folder or Parquet file/folder.
+        location (Location): the folder or Parquet file/folder, on its filesystem.
     """
 
     kind: Literal["folder", "classes", "parquet"]
-    root: Path
+    location: Location
+
+    @property
+    def root(self) -> str:
+        """The source as the user sees it (absolute local path or URI)."""
+        return self.location.text
 
 
 def parse_source(text: str) -> SourceSpec:
-    """Parse ``DIR``, ``classes:DIR``, ``parquet:PATH``, or a ``.parquet`` file / folder of them.
+    """Parse ``DIR``, ``classes:DIR``, ``parquet:PATH``, or a ``.parquet`` file / folder of them;
+    each path may be a URI (``s3://bucket/images``, ``classes:s3://bucket/train``).
 
     Raises:
-        SourceError: the path does not exist.
+        SourceError: the path does not exist, or its filesystem cannot be opened.
     """
     if not text:
         raise SourceError("no image source given (--images)")
@@ -53,23 +65,24 @@ def parse_source(text: str) -> SourceSpec:
         if text.startswith(prefix):
             kind, text = prefix[:-1], text[len(prefix):]
             break
-    root = Path(text).expanduser()
-    if not root.exists():
-        raise SourceError(f"image source {root} does not exist")
-    if kind == "folder" and (root.suffix == ".parquet" or (root.is_dir() and _only_parquet(root))):
+    try:
+        location = resolve(text)
+        found = location.kind()
+    except (StorageError, OSError) as exc:
+        raise SourceError(f"image source {text}: {exc}") from exc
+    if found == pafs.FileType.NotFound:
+        raise SourceError(f"image source {location.text} does not exist")
+    is_dir = found == pafs.FileType.Directory
+    if kind == "folder" and (location.path.endswith(".parquet") or (is_dir and _only_parquet(location))):
         kind = "parquet"
-    if kind in ("folder", "classes") and not root.is_dir():
-        raise SourceError(f"image source {root} is not a folder")
-    return SourceSpec(kind, root)  # type: ignore[arg-type]
+    if kind in ("folder", "classes") and not is_dir:
+        raise SourceError(f"image source {location.text} is not a folder")
+    return SourceSpec(kind, location)  # type: ignore[arg-type]
 
 
-def _only_parquet(root: Path) -> bool:
-    files = [p for p in root.rglob("*") if p.is_file() and not _hidden(p, root)]
-    return bool(files) and all(p.suffix == ".parquet" for p in files)
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _only_parquet(location: Location) -> bool:
+    files = location.files()
+    return bool(files) and all(p.endswith(".parquet") for p in files)
 
 
 @dataclass
@@ -81,16 +94,18 @@ class Listing:
         pending (int): images in ``units``.
         total (int): images in the source, done or not.
         errors (list[dict]): rows for the errors shard (image_id, path, error_type, message).
+        source (Location): where the units' paths live (give it to ``read_unit``).
     """
 
     units: list[dict]
     pending: int
     total: int
     errors: list[dict]
+    source: Location
 
 
-def _file_unit(path: Path, image_id: str, labels: list[str]) -> dict:
-    return {"kind": "file", "path": str(path), "image_ids": json.dumps([image_id]),
+def _file_unit(path: str, image_id: str, labels: list[str]) -> dict:
+    return {"kind": "file", "path": path, "image_ids": json.dumps([image_id]),
             "labels": json.dumps([labels]), "rows": "[]", "row_group": -1}
 
 
@@ -100,10 +115,13 @@ def list_source(spec: SourceSpec, data: DataConfig, done: set[str], rows_per_uni
     Raises:
         SourceError: the source has no images at all, or a Parquet file lacks the image column.
     """
-    if spec.kind == "parquet":
-        listing = _list_parquet(spec.root, data, done, rows_per_unit)
-    else:
-        listing = _list_files(spec, data, done)
+    try:
+        if spec.kind == "parquet":
+            listing = _list_parquet(spec.location, data, done, rows_per_unit)
+        else:
+            listing = _list_files(spec, data, done)
+    except OSError as exc:  # a remote listing that fails (network, permissions)
+        raise SourceError(f"image source {spec.root}: cannot list ({exc})") from exc
     if listing.total == 0:
         found = f" ({len(listing.errors)} non-image files)" if listing.errors else ""
         raise SourceError(f"image source {spec.root} holds no images{found}")
@@ -115,30 +133,37 @@ def _list_files(spec: SourceSpec, data: DataConfig, done: set[str]) -> Listing:
     units: list[dict] = []
     errors: list[dict] = []
     total = 0
-    for path in sorted(p for p in spec.root.rglob("*") if p.is_file() and not _hidden(p, spec.root)):
-        rel = path.relative_to(spec.root).as_posix()
+    where = spec.location
+    for path in where.files():
+        rel = where.relative(path)
+        shown = where.show(path)
         labels: list[str] = []
         if spec.kind == "classes":
-            if len(path.relative_to(spec.root).parts) < 2:
-                errors.append({"image_id": rel, "path": str(path), "error_type": "no_class_folder",
-                               "message": f"{path}: not inside a class folder of {spec.root}"})
+            if "/" not in rel:
+                errors.append({"image_id": rel, "path": shown, "error_type": "no_class_folder",
+                               "message": f"{shown}: not inside a class folder of {spec.root}"})
                 continue
-            labels = [path.relative_to(spec.root).parts[0]]
-        if path.suffix.lower() not in exts:
-            errors.append({"image_id": rel, "path": str(path), "error_type": "skipped_extension",
-                           "message": f"{path}: extension {path.suffix or '(none)'} is not in data.extensions"})
+            labels = [rel.split("/", 1)[0]]
+        suffix = os.path.splitext(rel)[1]
+        if suffix.lower() not in exts:
+            errors.append({"image_id": rel, "path": shown, "error_type": "skipped_extension",
+                           "message": f"{shown}: extension {suffix or '(none)'} is not in data.extensions"})
             continue
         total += 1
         if rel not in done:
             units.append(_file_unit(path, rel, labels))
     errors = [e for e in errors if e["image_id"] not in done]
-    return Listing(units, len(units), total, errors)
+    return Listing(units, len(units), total, errors, where)
 
 
-def _parquet_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*.parquet") if not _hidden(p, root))
+def _parquet_files(location: Location) -> list[str]:
+    if location.kind() == pafs.FileType.File:
+        return [location.path]
+    return [p for p in location.files() if p.endswith(".parquet")]
+
+
+def _open_parquet(location: Location, path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(location.filesystem.open_input_file(path))
 
 
 def _labels_of(value: Any) -> list[str]:
@@ -149,22 +174,23 @@ def _labels_of(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
-def _list_parquet(root: Path, data: DataConfig, done: set[str], rows_per_unit: int) -> Listing:
+def _list_parquet(location: Location, data: DataConfig, done: set[str], rows_per_unit: int) -> Listing:
     units: list[dict] = []
     errors: list[dict] = []
     seen: set[str] = set()
     total = 0
-    base = root if root.is_dir() else root.parent
-    for path in _parquet_files(root):
+    single = location.kind() == pafs.FileType.File
+    for path in _parquet_files(location):
+        shown = location.show(path)
         try:
-            pf = pq.ParquetFile(path)
+            pf = _open_parquet(location, path)
         except Exception as exc:
-            raise SourceError(f"Parquet source {path}: cannot read ({exc})") from exc
+            raise SourceError(f"Parquet source {shown}: cannot read ({exc})") from exc
         names = pf.schema_arrow.names
         if data.image_column not in names:
-            raise SourceError(f"Parquet source {path} has no column {data.image_column!r} (columns: {names})")
+            raise SourceError(f"Parquet source {shown} has no column {data.image_column!r} (columns: {names})")
         wanted = [c for c in (data.id_column, data.label_column) if c in names]
-        rel = path.relative_to(base).as_posix()
+        rel = path.rsplit("/", 1)[-1] if single else location.relative(path)
         offset = 0
         for rg in range(pf.num_row_groups):
             part = pf.read_row_group(rg, columns=wanted) if wanted else None
@@ -177,7 +203,7 @@ def _list_parquet(root: Path, data: DataConfig, done: set[str], rows_per_unit: i
             for i in range(n):
                 image_id = str(ids[i])
                 if image_id in seen:
-                    where = f"{path}#{offset + i}"
+                    where = f"{shown}#{offset + i}"
                     errors.append({"image_id": f"{image_id}@{rel}#{offset + i}", "path": where,
                                    "error_type": "duplicate_id",
                                    "message": f"{where}: image id {image_id!r} was already used by an earlier row"})
@@ -196,7 +222,7 @@ def _list_parquet(root: Path, data: DataConfig, done: set[str], rows_per_unit: i
             offset += n
     pending_count = sum(len(json.loads(u["rows"])) for u in units)
     errors = [e for e in errors if e["image_id"] not in done]
-    return Listing(units, pending_count, total, errors)
+    return Listing(units, pending_count, total, errors, location)
 
 
 @dataclass
@@ -219,29 +245,32 @@ class DecodedImage:
     message: str = ""
 
 
-def read_unit(unit: dict, data: DataConfig) -> Iterator[DecodedImage]:
-    """Read and decode the images of one work unit; failures become DecodedImage errors."""
+def read_unit(unit: dict, data: DataConfig, source: Optional[Location] = None) -> Iterator[DecodedImage]:
+    """Read and decode the images of one work unit from ``source`` (``Listing.source``; default:
+    local disk); failures become DecodedImage errors."""
     from .decode import ImageDecodeError
 
+    where = source if source is not None else local("/")
     ids = json.loads(unit["image_ids"])
     labels = json.loads(unit["labels"])
+    shown = where.show(unit["path"])
     if unit["kind"] == "file":
         blobs: list[tuple[str, Any]] = []
         try:
-            blobs.append((unit["path"], Path(unit["path"]).read_bytes()))
+            blobs.append((shown, where.read_bytes(unit["path"])))
         except OSError as exc:
-            yield DecodedImage(ids[0], unit["path"], labels[0], None, "unreadable", f"{unit['path']}: cannot read ({exc})")
+            yield DecodedImage(ids[0], shown, labels[0], None, "unreadable", f"{shown}: cannot read ({exc})")
             return
     else:
         rows = json.loads(unit["rows"])
         try:
-            table = pq.ParquetFile(unit["path"]).read_row_group(int(unit["row_group"]), columns=[data.image_column])
+            table = _open_parquet(where, unit["path"]).read_row_group(int(unit["row_group"]), columns=[data.image_column])
             column = table.column(data.image_column)
-            blobs = [(f"{unit['path']}#{ids[k]}", column[r].as_py()) for k, r in enumerate(rows)]
+            blobs = [(f"{shown}#{ids[k]}", column[r].as_py()) for k, r in enumerate(rows)]
         except Exception as exc:
             for image_id, lab in zip(ids, labels):
-                yield DecodedImage(image_id, unit["path"], lab, None, "unreadable",
-                                   f"{unit['path']} row group {unit['row_group']}: cannot read ({exc})")
+                yield DecodedImage(image_id, shown, lab, None, "unreadable",
+                                   f"{shown} row group {unit['row_group']}: cannot read ({exc})")
             return
     for (where, blob), image_id, lab in zip(blobs, ids, labels):
         if blob is None:

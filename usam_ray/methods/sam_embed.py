@@ -261,7 +261,7 @@ class SamMaskEmbedder:
         return self.decode_prompts(features, coords, self.torch.ones(coords.shape[:2], dtype=self.torch.int,
                                                                      device=self.device))
 
-    def decode_prompts(self, features, coords, labels, boxes=None, mask_inputs=None):
+    def decode_prompts(self, features, coords, labels, boxes=None, mask_inputs=None, multimask: bool = True):
         """One batched prompt-encoder + mask-decoder call for Q prompts of several points each.
 
         The prompt encoder runs in float32; the mask decoder under autocast at the embedder's
@@ -273,9 +273,12 @@ class SamMaskEmbedder:
             labels (torch.Tensor): (Q, n) int: 1 positive, 0 negative.
             boxes (torch.Tensor | None): (Q, 4) xyxy boxes in the input frame.
             mask_inputs (torch.Tensor | None): (Q, 1, 4h, 4w) low-res logits as dense prompts.
+            multimask (bool): SAM's three ambiguity masks (True) or its single-mask output (False:
+                what SAM is trained to give for an unambiguous prompt such as a mask and a box).
 
         Returns:
-            low_res (Q, 3, 4h, 4w) float32 multimask logits, iou_pred (Q, 3), tokens (Q, token_dim).
+            low_res (Q, M, 4h, 4w) float32 logits, iou_pred (Q, M) with M = 3 (multimask) or 1,
+            tokens (Q, token_dim).
         """
         torch = self.torch
         coords = coords.float().to(self.device)
@@ -288,7 +291,7 @@ class SamMaskEmbedder:
                 image_pe=self.image_pe,
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
-                multimask_output=True,
+                multimask_output=multimask,
             )
         tokens = captured["tokens"].reshape(coords.shape[0], -1)
         return low_res.float(), iou_pred.float(), tokens

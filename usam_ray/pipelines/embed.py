@@ -113,7 +113,7 @@ def build_embed_dataset(plan: EmbedPlan, resources=None):
     cfg = plan.cfg
     resources = resources or init_ray(cfg.runtime.address)
     pool = plan_model_pool(cfg.runtime, resources)
-    ds = read_images(plan.listing.units, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
+    ds = read_images(plan.listing, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
     ds = ds.map_batches(
         SamEmbedStage,
         fn_constructor_kwargs={"resolved": plan.sam, "settings": cfg.sam, "runtime": cfg.runtime, "device": pool.device,

@@ -231,7 +231,7 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
         resources = init_ray(cfg.runtime.address, log)
         quiet_ray_data()
         pool = plan_model_pool(cfg.runtime, resources)
-        ds = read_images(listing.units, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
+        ds = read_images(listing, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
         ds = ds.map_batches(
             FmbsegLabelStage,
             fn_constructor_kwargs={"head_path": str(plan.head_path), "dino": plan.dino, "sam": plan.sam,

@@ -210,7 +210,7 @@ def build_pseudo_dataset(plan: PseudoPlan, resources):
 
     cfg = plan.cfg
     pool = plan_model_pool(cfg.runtime, resources)
-    ds = read_images(plan.listing.units, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
+    ds = read_images(plan.listing, cfg.data, plan.sam.spec.input_size, cfg.runtime.batch_size, pool)
     ds = ds.map_batches(
         PseudoStage,
         fn_constructor_kwargs={"sam": plan.sam, "clip": plan.clip, "dino": plan.dino, "classes": plan.classes,

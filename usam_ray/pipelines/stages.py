@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..config import DataConfig, RuntimeConfig, SamConfig
 from ..data.schema import embeddings_table, errors_table, shard_metadata
 from ..data.shards import shard_name, utc_now, write_shard
-from ..data.sources import read_unit
+from ..data.sources import Listing, read_unit
+from ..data.storage import Location
 from ..methods.sam_embed import prepare_image
 from ..models.registry import ResolvedModel
 
@@ -47,6 +48,7 @@ class ReadDecodeStage:
         data (DataConfig): reading settings (max pixels, Parquet columns).
         long_side (int): the model's input side S; images are resized so the long side is S and
             padded to (S, S) at the bottom/right.
+        source (Location | None): where the units' paths live (``Listing.source``; None: local disk).
 
     Output columns: ``image_id``, ``path``, ``labels`` (object array of lists of str: Arrow
     ``list<string>`` between stages), ``height``, ``width`` (original),
@@ -56,9 +58,10 @@ class ReadDecodeStage:
 
     INPUT = ("kind", "path", "image_ids", "labels", "rows", "row_group")
 
-    def __init__(self, data: DataConfig, long_side: int) -> None:
+    def __init__(self, data: DataConfig, long_side: int, source: Optional[Location] = None) -> None:
         self.data = data
         self.long_side = long_side
+        self.source = source
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns("read", batch, self.INPUT)
@@ -66,7 +69,7 @@ class ReadDecodeStage:
         s = self.long_side
         for i in range(len(batch["path"])):
             unit = {k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in self.INPUT}
-            for item in read_unit(unit, self.data):
+            for item in read_unit(unit, self.data, self.source):
                 row = {"image_id": item.image_id, "path": item.path, "labels": [str(x) for x in item.labels],
                        "error_type": item.error_type, "error_stage": "read" if item.error_type else "",
                        "message": item.message, "height": 0, "width": 0, "input_h": 0, "input_w": 0,
@@ -92,18 +95,20 @@ class ReadDecodeStage:
         return out
 
 
-def read_decode_batch(batch: dict[str, np.ndarray], data: DataConfig, long_side: int) -> dict[str, np.ndarray]:
+def read_decode_batch(batch: dict[str, np.ndarray], data: DataConfig, long_side: int,
+                      source: Optional[Location] = None) -> dict[str, np.ndarray]:
     """``ReadDecodeStage`` as a plain function, so Ray Data runs it as stateless CPU tasks."""
-    return ReadDecodeStage(data, long_side)(batch)
+    return ReadDecodeStage(data, long_side, source)(batch)
 
 
-def read_images(units: list[dict], data: DataConfig, long_side: int, batch_size: int, pool):
+def read_images(listing: Listing, data: DataConfig, long_side: int, batch_size: int, pool):
     """The read half of every image pipeline: work units → decoded, resized and padded images
     (``ReadDecodeStage`` output) as CPU tasks, one block per unit so the first batch reaches the
     model as soon as one unit is decoded.
 
     Args:
-        units (list[dict]): ``Listing.units``.
+        listing (Listing): the pending units and the source they are read from (its filesystem
+            travels to the read tasks).
         data (DataConfig): reading settings.
         long_side (int): the model's input side.
         batch_size (int): files per read task (a Parquet unit is read whole: its row group).
@@ -114,10 +119,11 @@ def read_images(units: list[dict], data: DataConfig, long_side: int, batch_size:
     """
     import ray.data
 
+    units = listing.units
     ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
     read_batch = 1 if units and units[0]["kind"] == "parquet" else batch_size
     return ds.map_batches(
-        read_decode_batch, fn_kwargs={"data": data, "long_side": long_side}, batch_size=read_batch,
+        read_decode_batch, fn_kwargs={"data": data, "long_side": long_side, "source": listing.source}, batch_size=read_batch,
         compute=ray.data.TaskPoolStrategy(size=pool.read_tasks), num_cpus=pool.read_cpus,
     )
 
