@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from usam_ray.submission import (
-    CONFIG_ENV, DEFAULT_ADDRESS, SUBMISSION_ENV, SubmissionError, dashboard_address, job_runtime_env, outcome,
+    COMMANDS, CONFIG_ENV, DEFAULT_ADDRESS, SUBMISSION_ENV, SubmissionError, dashboard_address, job_runtime_env, outcome,
     source_tree,
 )
 
@@ -31,7 +31,7 @@ def test_the_runtime_env_ships_the_tree_with_the_config_and_merges_the_users_fil
 
 def test_every_submittable_command_has_its_entrypoint():
     assert source_tree() == ROOT
-    for command in ("run", "embed", "pseudo", "label", "eval"):
+    for command in COMMANDS:
         assert (ROOT / "jobs" / f"{command}_job.py").read_text().count(f'job_main("{command}")') == 1
 
 

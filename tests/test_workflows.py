@@ -57,7 +57,8 @@ def test_terminal_shows_progress_and_results_not_rays_logs(demo):
     lines = (stdout + stderr).splitlines()
     assert len(lines) <= MAX_LINES, "\n".join(lines)
     assert not [line for line in lines if RAY_NOISE.search(line)]
-    for stage in ("synth", "embed", "train teacher", "train student", "label", "eval", "pseudo", "train align"):
+    for stage in ("synth", "embed", "train teacher", "train student", "label", "eval", "pseudo", "train align",
+                  "refine"):
         assert any(line.startswith(f"{stage}: ") for line in lines), stage
     assert any(re.match(r"train teacher: 25/25 epochs in .*loss", line) for line in lines)
 
@@ -67,7 +68,8 @@ def test_usam_beats_floors_and_baselines(demo):
     rows = json.loads((out / "eval" / "comparison.json").read_text())
     # stable method ids, in the comparison's order, each with its display name and report
     assert list(rows) == ["usam", "usam_mil", "sam_clip", "fmbseg_stage1_1", "fmbseg_stage1", "fmbseg",
-                          "fmbseg_refined", "background"]
+                          "fmbseg_refined", "usam_uosam_lro", "usam_uosam", "fmbseg_uosam_lro", "fmbseg_uosam",
+                          "coarse", "coarse_uosam_lro", "coarse_uosam", "background"]
     assert all(Path(r["report"]).is_file() for r in rows.values())
     usam, sam_clip, background = rows["usam"], rows["sam_clip"], rows["background"]
     assert usam["miou"] > MIOU_FLOOR and usam["map50"] > MAP50_FLOOR
@@ -76,6 +78,11 @@ def test_usam_beats_floors_and_baselines(demo):
     # FMbSeg's Stage 1 pseudo labels find objects (Stage 2 does not learn on the toy world yet: README)
     assert rows["fmbseg_stage1"]["miou"] > background["miou"] and rows["fmbseg_stage1"]["map50"] > 0
     assert rows["fmbseg_stage1"]["miou"] >= rows["fmbseg_stage1_1"]["miou"] - 0.01
+    # UO-SAM raises coarsened ground truth (+5.0 LRO, +8.0 with GRO in the README's run) and FMbSeg's base labels
+    assert rows["coarse_uosam_lro"]["miou"] > rows["coarse"]["miou"] + 0.02
+    assert rows["coarse_uosam"]["miou"] > rows["coarse_uosam_lro"]["miou"]
+    assert rows["fmbseg_uosam"]["miou"] > rows["fmbseg"]["miou"]
+    assert len({r["report"] for r in rows.values()}) == len(rows)  # each row scored into its own report
     printed = parse_table(stdout)
     assert set(printed) == {r["method"] for r in rows.values()}
     for r in rows.values():

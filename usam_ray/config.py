@@ -403,6 +403,50 @@ class LabelConfig(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
 
+class UoSamSettings(_Section):
+    """UO-SAM's refinement of coarse labels (``methods/uosam.py`` takes this section)."""
+
+    use_global: bool = Field(True, description="Run the global region optimizer (SAM automatic masks vote) after LRO.")
+    every_component: bool = Field(
+        True,
+        description="LRO prompts every connected component of a class region (at least min_component pixels); "
+        "false: the paper's one prompt per class, for the component holding its positive point.",
+    )
+    min_component: int = Field(16, ge=1, description="LRO: smaller components of a class keep their coarse pixels.")
+    background_votes: bool = Field(
+        False,
+        description="GRO: apply automatic masks whose majority is background (they paint over objects; the "
+        "reference code does). False measured better on the toy world (bench/uosam.py).",
+    )
+    min_vote: float = Field(0.5, gt=0, le=1, description="GRO: relabel a mask when its majority class holds this share.")
+    min_iou_pred: float = Field(0.5, ge=0, le=1, description="GRO: automatic masks with SAM predicted IoU below this are dropped.")
+    min_area: int = Field(16, ge=0, description="GRO: automatic masks with fewer pixels are dropped.")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="GRO: mask NMS IoU among the automatic masks.")
+
+
+class RefineConfig(_Section):
+    """`usam-ray refine`: UO-SAM refinement of coarse semantic labels (ours or a folder of PNGs)."""
+
+    labels: Optional[LocalPath] = Field(
+        None, description="Coarse labels: a labels directory (semantic/ + classes.json) or a folder of label PNGs."
+    )
+    classes_file: Optional[LocalPath] = Field(
+        None, description="Class names (one per line, background first) when LABELS has no classes.txt/json."
+    )
+    images: Optional[str] = Field(None, description="The images the labels belong to (folder, classes:DIR, Parquet, URI).")
+    out: Optional[LocalPath] = Field(None, description="Labels directory to write the refined labels to.")
+    lro_out: Optional[LocalPath] = Field(
+        None, description="Also write the LRO-only labels here, from the same SAM pass (for comparisons)."
+    )
+    retry_errors: bool = Field(False, description="Drop earlier error rows and try those images again.")
+    overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
+    uosam: UoSamSettings = Field(default_factory=UoSamSettings, description="Refinement settings.")
+    export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
+    sam: SamConfig = Field(default_factory=SamConfig, description="SAM (its grid gives GRO's automatic masks).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Source reading settings.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
+
+
 class SynthSection(_Section):
     """Where U-SAM's per-class training images come from."""
 
@@ -517,6 +561,13 @@ class RunConfig(_Section):
     fmbseg: FmbsegSettings = Field(default_factory=FmbsegSettings, description="FMbSeg Stage 1 (and its training share).")
     align: TrainAlignConfig = Field(default_factory=TrainAlignConfig, description="FMbSeg Stage 2 training (paths filled in).")
     refined: bool = Field(True, description="FMbSeg's labels refined by SAM's automatic masks (false: the base labels).")
+    refine: bool = Field(
+        False, description="End with UO-SAM: refine each method's (base) labels with SAM into <method>_uosam rows; the "
+        "first method's go to RUN/refined. With baselines also the LRO-only rows (<method>_uosam_lro).")
+    coarse_labels: Optional[LocalPath] = Field(
+        None, description="With refine: also refine and score this folder of coarse labels (rows coarse, "
+        "coarse_uosam_lro, coarse_uosam), e.g. an unsupervised segmenter's output.")
+    uosam: UoSamSettings = Field(default_factory=UoSamSettings, description="UO-SAM refinement settings.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
 
@@ -527,6 +578,7 @@ class DemoConfig(_Section):
     scenes: int = Field(60, ge=1, le=100_000, description="Held-out toy scenes to label and score.")
     per_class: int = Field(80, ge=1, le=100_000, description="Toy training images per class.")
     seed: int = Field(777, description="Seed of the held-out scenes (the training images use synth.seed 0).")
+    refine: bool = Field(True, description="Refine with UO-SAM: U-SAM's and FMbSeg's labels and coarsened ground truth.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution settings.")
 
 
@@ -534,6 +586,7 @@ class DemoConfig(_Section):
 CONFIGS: dict[str, type[BaseModel]] = {
     "embed": EmbedConfig, "label": LabelConfig, "train": TrainUsamConfig, "eval": EvalConfig,
     "synth": SynthConfig, "run": RunConfig, "demo": DemoConfig, "pseudo": PseudoConfig, "align": TrainAlignConfig,
+    "refine": RefineConfig,
 }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-COMMANDS = ("run", "embed", "pseudo", "label", "eval")
+COMMANDS = ("run", "embed", "pseudo", "label", "refine", "eval")
 CONFIG_ENV = "USAM_RAY_JOB_CONFIG"
 SUBMISSION_ENV = "USAM_RAY_SUBMISSION_ID"
 ADDRESS_ENV = "USAM_RAY_JOBS_ADDRESS"

@@ -32,7 +32,14 @@ from .types import Ontology
 METHOD_NAMES = {
     "usam": "U-SAM (MIL + distillation)", "usam_mil": "U-SAM, MIL only (teacher)", "sam_clip": "SAM + CLIP",
     "fmbseg_stage1_1": "FMbSeg Stage 1.1", "fmbseg_stage1": "FMbSeg Stage 1 (1.1 + share of 1.2)",
-    "fmbseg": "FMbSeg (base)", "fmbseg_refined": "FMbSeg (refined)", "background": "all background",
+    "fmbseg": "FMbSeg (base)", "fmbseg_refined": "FMbSeg (refined)",
+    "usam_uosam_lro": "U-SAM + UO-SAM LRO", "usam_uosam": "U-SAM + UO-SAM (LRO + GRO)",
+    "fmbseg_uosam_lro": "FMbSeg (base) + UO-SAM LRO", "fmbseg_uosam": "FMbSeg (base) + UO-SAM (LRO + GRO)",
+    "fmbseg_refined_uosam_lro": "FMbSeg (refined) + UO-SAM LRO",
+    "fmbseg_refined_uosam": "FMbSeg (refined) + UO-SAM (LRO + GRO)",
+    "coarse": "coarse labels (given)", "coarse_uosam_lro": "coarse + UO-SAM LRO",
+    "coarse_uosam": "coarse + UO-SAM (LRO + GRO)",
+    "background": "all background",
 }
 
 
@@ -131,6 +138,35 @@ def _fmbseg(cfg: RunConfig, where: Path, classes: list[str], log: Callable[[str]
     return out, summary
 
 
+def _refine(cfg: RunConfig, run: Path, labels: dict[str, Path], log: Callable[[str], None]) -> dict[str, Path]:
+    """UO-SAM over each method's base labels (U-SAM's; FMbSeg's base when written, else refined) and
+    ``cfg.coarse_labels``: the first into ``RUN/refined/labels``, the others into
+    ``RUN/baselines/<id>_uosam/labels``; with baselines also the LRO-only labels (same SAM pass).
+    Returns the labels directories by method id."""
+    from .config import RefineConfig
+    from .pipelines.refine import run_refine
+
+    inputs = {k: labels[k] for k in ("usam", "fmbseg") if k in labels}
+    if "fmbseg" in cfg.methods and "fmbseg" not in inputs:
+        inputs["fmbseg_refined"] = labels["fmbseg_refined"]
+    if cfg.coarse_labels is not None:
+        inputs["coarse"] = Path(cfg.coarse_labels)
+    out: dict[str, Path] = {}
+    first = cfg.methods[0] if cfg.methods[0] in inputs else next(iter(inputs))
+    for k, (key, where) in enumerate(sorted(inputs.items(), key=lambda kv: kv[0] != first)):
+        target = run / "refined" / "labels" if k == 0 else run / "baselines" / f"{key}_uosam" / "labels"
+        lro = run / "baselines" / f"{key}_uosam_lro" / "labels" if cfg.baselines else None
+        rcfg = RefineConfig(labels=where, images=cfg.images, out=target, lro_out=lro, uosam=cfg.uosam, sam=cfg.sam,
+                            data=cfg.data, export=cfg.export, runtime=cfg.runtime, overlays=cfg.overlays and k == 0)
+        run_refine(rcfg, log=log if k == 0 else (lambda _l: None))
+        if key == "coarse":
+            out["coarse"] = where
+        if lro is not None:
+            out[f"{key}_uosam_lro"] = lro
+        out[f"{key}_uosam"] = target
+    return out
+
+
 def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """Run every method of ``cfg`` and score what it labelled.
 
@@ -152,6 +188,8 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         labels.update(dirs)
         summaries.append(summary)
     primary = next(iter(labels))
+    if cfg.refine:
+        labels.update(_refine(cfg, run, labels, log))
     result: dict = {"labels": {**summaries[0], "method": primary}, "eval": None, "comparison": None}
     if cfg.gt is None:
         return result
@@ -162,7 +200,8 @@ def run_pipeline(cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
         write_label_outputs(labels["background"], classes, "all-background")
     reports = {}
     for key, where in labels.items():
-        out = run / "eval" if key == primary else where.parent / "eval"
+        out = run / "eval" if key == primary else (run / "baselines" / key / "eval" if key == "coarse"
+                                                   else where.parent / "eval")
         reports[key] = run_eval(EvalConfig(labels=where, gt=cfg.gt, out=out, runtime=cfg.runtime),
                                 log=log if key == primary else quiet)
     report = result["eval"] = reports[primary]
@@ -218,6 +257,7 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
         label={"score_threshold": 0.5, "nms_iou": 0.5, "min_iou_pred": 0.5},
         baselines=True, clip_model="clip:toy", runtime=cfg.runtime,
         methods=["usam", "fmbseg"], dino_model="dino:toy",
+        refine=cfg.refine, coarse_labels=out / "toy-scenes-coarse" if cfg.refine else None,
         # the toy SAM's predicted IoUs rarely reach the paper's 0.97 (see bench/fmbseg_stage1.py)
         fmbseg={"pred_iou_thresh": 0.8},
         # on the toy world the paper's one-block module collapses under TSupCon; the linear one of
@@ -251,4 +291,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     if not (gt / "classes.txt").is_file():
         write_scene_dataset(gt, cfg.scenes, seed=cfg.seed)
         atomic_write_bytes(gt / "scenes.json", json.dumps({"n": cfg.scenes, "seed": cfg.seed}).encode())
+    coarse = Path(cfg.out) / "toy-scenes-coarse"
+    if cfg.refine and not (coarse / "classes.txt").is_file():
+        from .data.toyscenes import write_coarse_labels
+
+        # the coarsened ground truth UO-SAM refines beside U-SAM's and FMbSeg's labels (seeded)
+        write_coarse_labels(gt, coarse, seed=cfg.seed + 1)
     return run_pipeline(demo_config(cfg), log=log)

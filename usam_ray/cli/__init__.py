@@ -13,7 +13,8 @@ from typing import List, Optional
 import typer
 
 from ..config import (
-    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RunConfig, SynthConfig, TrainAlignConfig,
+    CONFIGS, DemoConfig, EmbedConfig, EvalConfig, LabelConfig, PseudoConfig, RefineConfig, RunConfig, SynthConfig,
+    TrainAlignConfig,
     TrainUsamConfig,
     detect_config_kind, load_config,
 )
@@ -264,6 +265,57 @@ def label(
                f"{summary.images_total} semantic maps and {summary.instances_total} instances")
     typer.echo(f"COCO: {summary.out}/coco_dataset.json, {summary.out}/coco_results.json"
                + "".join(f", {summary.out}/{name}" for name in summary.exports))
+    _finish(Path(cfg.out).parent)
+
+
+REFINE_OPTIONS = {"labels": "--labels", "images": "--images", "out": "--out", "classes_file": "--classes-file",
+                  "lro_out": "--lro-out", "uosam.use_global": "--no-global", "runtime.models_dir": "--models",
+                  "export.formats": "--format"}
+
+
+@app.command()
+def refine(
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", metavar="DIR",
+                                          help=f"Coarse labels: a labels directory or a folder of label PNGs. {REQUIRED}"),
+    images: Optional[str] = typer.Option(None, "--images", "-i", metavar="SRC",
+                                         help=f"The images those labels belong to. {REQUIRED}"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Refined labels directory. {REQUIRED}"),
+    no_global: bool = typer.Option(False, "--no-global", help="Local region optimizer only (no automatic-mask vote)."),
+    classes_file: Optional[Path] = typer.Option(
+        None, "--classes-file", metavar="FILE",
+        help="Class names, one per line, background first (when DIR has no classes.txt or classes.json)."),
+    lro_out: Optional[Path] = typer.Option(None, "--lro-out", metavar="DIR",
+                                           help="Also write the LRO-only labels here (same SAM pass)."),
+    overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs and overlays/index.html."),
+    formats: Optional[List[str]] = typer.Option(
+        None, "--format", metavar="FORMAT", help="Also write coco-polygons or label-studio; repeatable."),
+    config: Optional[Path] = ConfigOpt,
+    sets: Optional[List[str]] = SetOpt,
+    models: Optional[Path] = ModelsOpt,
+) -> None:
+    """Refine coarse semantic labels with SAM (UO-SAM): per class region a positive and a negative
+    point and a box → two SAM passes (LRO), then SAM's automatic masks vote (GRO).
+
+    Reads ours (DIR/semantic/*.png + classes.json) or a folder of paletted/grayscale PNGs named
+    like the images (DIR/<key>.png or DIR/masks/<key>.png) with classes.txt. Writes the same
+    labels directory as `label` (semantic PNGs, instances, COCO), provenance uosam / uosam_lro.
+    Resumable; an image without a coarse PNG becomes an error row.
+    """
+    term = Terminal()
+    try:
+        sets = [*(sets or []), *(["uosam.use_global=false"] if no_global else [])]
+        cfg = load_config(RefineConfig, config, _overrides(
+            sets, labels=labels, images=images, out=out, classes_file=classes_file, lro_out=lro_out,
+            overlays=overlays, **{"runtime.models_dir": models, "export.formats": formats or None}),
+            options=REFINE_OPTIONS)
+        _require(cfg, {"labels": "--labels", "images": "--images", "out": "--out"}, "refine")
+        from ..pipelines.refine import run_refine
+
+        summary = run_refine(cfg, log=term)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"refined {summary.images} images ({summary.instances} instances) this run; {summary.out} holds "
+               f"{summary.images_total} semantic maps and {summary.instances_total} instances")
     _finish(Path(cfg.out).parent)
 
 

@@ -23,9 +23,10 @@ AddressOpt = typer.Option(None, "--address", metavar="URL",
                           help="The cluster head's dashboard, e.g. http://HEAD:8265 [default: $USAM_RAY_JOBS_ADDRESS, "
                           "$RAY_ADDRESS when it is http(s)://…, else http://127.0.0.1:8265].")
 # the fields of each command's configuration that name files the cluster must see
-PATH_FIELDS = ("images", "out", "head", "labels", "embeddings", "pseudo")
+PATH_FIELDS = ("images", "out", "head", "labels", "embeddings", "pseudo", "lro_out", "classes_file", "coarse_labels")
 REQUIRED_FIELDS = {"run": ("images", "classes", "out"), "embed": ("images", "out"),
-                   "pseudo": ("images", "classes", "out"), "label": ("head", "out"), "eval": ("labels", "gt")}
+                   "pseudo": ("images", "classes", "out"), "label": ("head", "out"),
+                   "refine": ("labels", "images", "out"), "eval": ("labels", "gt")}
 
 
 def _cluster_paths(cfg, command: str) -> None:
@@ -48,7 +49,7 @@ def _cluster_paths(cfg, command: str) -> None:
 def submit(
     config: Path = typer.Argument(..., metavar="CONFIG", help="YAML configuration of the command to run (configs/)."),
     command: Optional[str] = typer.Option(None, "--command", metavar="CMD",
-                                          help="run, embed, pseudo, label or eval [default: the kind CONFIG holds]."),
+                                          help="run, embed, pseudo, label, refine or eval [default: the kind CONFIG holds]."),
     address: Optional[str] = AddressOpt,
     runtime_env: Optional[Path] = typer.Option(
         None, "--runtime-env", metavar="FILE",

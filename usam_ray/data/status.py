@@ -91,8 +91,8 @@ def _shard_dirs(stage: str, run: Path, entry: dict[str, Any]) -> tuple[Path, lis
     if stage == "pseudo":
         where = Path(out) if out else run / "pseudo"
         return where, [run / "features"], where / "errors"
-    if stage == "label":
-        where = Path(out) if out else run / "labels"
+    if stage in ("label", "refine"):
+        where = Path(out) if out else run / ("labels" if stage == "label" else "refined")
         return where, [where / "images"], where / "errors"
     return run / stage, [run / stage], run / stage / "errors"
 

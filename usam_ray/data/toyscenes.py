@@ -247,3 +247,51 @@ def write_single_objects(root: Path, per_class: int, seed: int, size: int = 128)
         for i in range(per_class):
             Image.fromarray(single_object(rng, size, cls=k).image).save(root / name / f"{name}_{i:04d}.png")
     return root
+
+
+def coarsen_labels(semantic: np.ndarray, rng: np.random.Generator, factor: int = 8, sigma: float = 2.0,
+                   k: int = 2) -> np.ndarray:
+    """A coarse version of a label map, as a weak segmenter would give it: downsampled ×``factor``
+    (nearest) and upsampled back (blocks), blurred (per-class Gaussian of std ``sigma`` px, then
+    the most likely class), then each class eroded or dilated (coin flip from ``rng``) by ``k`` px.
+
+    Args:
+        semantic (np.ndarray): (H, W) uint8 class ids (255 = ignore becomes background).
+
+    Returns:
+        (H, W) uint8.
+    """
+    import cv2
+
+    sem = np.where(semantic == 255, 0, semantic).astype(np.uint8)
+    h, w = sem.shape
+    up = np.kron(sem[::factor, ::factor], np.ones((factor, factor), np.uint8))[:h, :w]
+    classes = np.unique(up)
+    blurred = np.stack([cv2.GaussianBlur((up == c).astype(np.float32), (0, 0), sigma) for c in classes])
+    out = classes[blurred.argmax(0)].astype(np.uint8)
+    kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
+    for c in classes[classes > 0]:
+        m = (out == c).astype(np.uint8)
+        if rng.random() < 0.5:
+            out[(m == 1) & (cv2.erode(m, kernel) == 0)] = 0
+        else:
+            out[(cv2.dilate(m, kernel) == 1) & (out == 0)] = c
+    return out
+
+
+def write_coarse_labels(gt_root: Path, out: Path, seed: int, **coarsen: float) -> Path:
+    """Coarsened ground truth of a scene dataset (``write_scene_dataset``) as a user-style folder of
+    label PNGs: ``OUT/<key>.png`` (paletted) and ``OUT/classes.txt``; one ``rng`` of ``seed`` over
+    the masks in name order (``coarsen_labels`` arguments in ``coarsen``)."""
+    from ..masks import palette
+    from .groundtruth import read_label_png
+    from .overlay import label_png
+
+    gt_root, out = Path(gt_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pal = palette()
+    for mask in sorted((gt_root / "masks").glob("*.png")):
+        (out / mask.name).write_bytes(label_png(coarsen_labels(read_label_png(mask), rng, **coarsen), pal))
+    (out / "classes.txt").write_text((gt_root / "classes.txt").read_text())
+    return out

@@ -56,13 +56,14 @@ class ShardResult:
         self.gt_instances.update(other.gt_instances)
 
 
-def evaluate_shard(records: list[dict], gt_kind: str, labels_root: str, lut: Optional[np.ndarray],
+def evaluate_shard(records: list[dict], gt_kind: str, semantic_root: str, lut: Optional[np.ndarray],
                    num_classes: int, with_instances: bool = False) -> ShardResult:
-    """Confusion matrix of the predictions for ``records`` (one ground-truth reader's records)."""
+    """Confusion matrix of the predictions for ``records`` (one ground-truth reader's records);
+    ``semantic_root`` is the folder of prediction PNGs (``LabelsDir.semantic_dir``)."""
     from .metrics import confusion_matrix
 
     reader = READERS[gt_kind]
-    semantic_dir = Path(labels_root) / "semantic"
+    semantic_dir = Path(semantic_root)
     out = ShardResult(np.zeros((num_classes, num_classes), dtype=np.int64))
     for rec in records:
         gt = reader.load_semantic(rec)
@@ -110,7 +111,7 @@ def prepare(gt_spec: str, labels_root: Path) -> EvalInputs:
 
 def evaluate_local(inputs: EvalInputs) -> ShardResult:
     """The single-process baseline: every image in this process."""
-    return evaluate_shard(inputs.records, inputs.gt.kind, str(inputs.labels.root), inputs.lut,
+    return evaluate_shard(inputs.records, inputs.gt.kind, str(inputs.labels.semantic_dir), inputs.lut,
                           len(inputs.gt.classes), inputs.with_instances)
 
 
@@ -139,7 +140,7 @@ def evaluate_parallel(inputs: EvalInputs, shard_size: int = 64, address: Optiona
     next_shard = 0
     while next_shard < len(shards) or pending:
         while next_shard < len(shards) and len(pending) < window:
-            pending.append(task.remote(shards[next_shard], inputs.gt.kind, str(inputs.labels.root), lut, c,
+            pending.append(task.remote(shards[next_shard], inputs.gt.kind, str(inputs.labels.semantic_dir), lut, c,
                                        inputs.with_instances))
             next_shard += 1
         ready, pending = ray.wait(pending, num_returns=1)

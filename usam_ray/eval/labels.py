@@ -2,8 +2,10 @@
 
 Layout (``RUN/labels``):
 
-- ``semantic/<key>.png``: paletted (or grayscale) class-id maps, 0 = background, 255 = ignore;
-- ``classes.json`` (optional): ``{"classes": ["background", "dog", ...], "fingerprint": "..."}``;
+- ``semantic/<key>.png``: paletted (or grayscale) class-id maps, 0 = background, 255 = ignore (a
+  folder of such PNGs without ``semantic/`` — at its root or in ``masks/`` — is read the same way);
+- ``classes.json`` (optional): ``{"classes": ["background", "dog", ...], "fingerprint": "..."}``, or
+  ``classes.txt`` (one name per line, background first);
   without it the prediction ids are taken to be the ground truth's ids;
 - ``coco_results.json`` (optional): COCO results list; each entry has ``image_id`` (an image id of
   ``coco_dataset.json`` beside it, else our string key or the ground truth's COCO id),
@@ -42,10 +44,15 @@ class LabelsDir:
         self.root = Path(root)
         if not self.root.is_dir():
             raise LabelsError(f"labels directory {self.root} does not exist")
-        self.semantic_dir = self.root / "semantic"
+        # ours (semantic/), else a folder of label PNGs (masks/ or the folder itself: `usam-ray refine`'s inputs)
+        self.semantic_dir = next((d for d in (self.root / "semantic", self.root / "masks") if d.is_dir()), self.root)
         meta_path = self.root / "classes.json"
         self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         self.classes: Optional[list[str]] = self.meta.get("classes")
+        if self.classes is None and (self.root / "classes.txt").is_file():
+            from ..data.coarse import read_classes_file
+
+            self.classes = read_classes_file(self.root / "classes.txt")
         self.results_path = self.root / "coco_results.json"
         self.instances_dir = self.root / "instances"
 

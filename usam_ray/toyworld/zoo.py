@@ -31,7 +31,7 @@ from ..data.toyscenes import Scene
 from .common import EVAL_SEED, PROBE_SEED, TRAIN_SEED, scene_pool
 from .toy_clip import CLIP_SIZE, clip_quality, finetune_dense, train_clip
 from .toy_dino import dino_quality, train_dino
-from .toy_sam import TOY_SAM_ARCH, sam_quality, train_sam
+from .toy_sam import TOY_SAM_ARCH, finetune_sam_prompts, sam_prompt_quality, sam_quality, train_sam
 
 
 @dataclass
@@ -43,6 +43,11 @@ class TrainSettings:
     sam_batch: int = 16
     sam_prompts: int = 4
     sam_lr: float = 8e-4
+    sam_prompt_steps: int = 300
+    sam_prompt_batch: int = 8
+    sam_prompt_prompts: int = 4
+    sam_prompt_lr: float = 3e-3
+    sam_prompt_pool: int = 300
     clip_steps: int = 1500
     clip_batch: int = 96
     clip_lr: float = 1e-3
@@ -58,7 +63,8 @@ class TrainSettings:
     @classmethod
     def quick(cls) -> "TrainSettings":
         """A few seconds per model: for tests that only need to see the loss fall."""
-        return cls(pool=60, sam_steps=40, sam_batch=4, sam_prompts=2, clip_steps=80, clip_batch=32,
+        return cls(pool=60, sam_steps=40, sam_batch=4, sam_prompts=2, sam_prompt_steps=30, sam_prompt_batch=4,
+                   sam_prompt_pool=20, clip_steps=80, clip_batch=32,
                    dino_steps=30, dino_batch=4, clip_dense_steps=200, clip_dense_batch=8, clip_dense_lr=3e-3,
                    clip_dense_pool=60)
 
@@ -104,6 +110,10 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
     held_out = scene_pool(eval_scenes, EVAL_SEED)
     sam, sam_losses = train_sam(pool, settings.sam_steps, settings.sam_batch, settings.sam_prompts,
                                 settings.sam_lr, TRAIN_SEED + 1, log)
+    # boxes, negative points and mask prompts (UO-SAM's refinement uses them); point outputs unchanged
+    sam, prompt_losses = finetune_sam_prompts(sam, pool[:settings.sam_prompt_pool], settings.sam_prompt_steps,
+                                              settings.sam_prompt_batch, settings.sam_prompt_prompts,
+                                              settings.sam_prompt_lr, TRAIN_SEED + 6, log)
     clip, tok, clip_losses = train_clip(pool, settings.clip_steps, settings.clip_batch, settings.clip_lr,
                                         TRAIN_SEED + 2, log)
     dino, dino_losses = train_dino(pool, sam, clip, settings.dino_steps, settings.dino_batch, settings.dino_lr,
@@ -118,7 +128,7 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
         return [float(np.mean(curve[:k])), float(np.mean(curve[-k:]))]
 
     quality.update({"train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-                    "loss_first_last": {"sam": ends(sam_losses), "clip": ends(clip_losses), "dino": ends(dino_losses),
+                    "loss_first_last": {"sam": ends(sam_losses), "sam_prompts": ends(prompt_losses), "clip": ends(clip_losses), "dino": ends(dino_losses),
                                         "clip_dense": ends(dense_losses)},
                     "settings": settings.__dict__})
     save_zoo(out, sam, clip, tok, dino, quality)
@@ -131,6 +141,7 @@ def measure(sam, clip, tokenizer, dino, held_out: list[Scene], probe_train: list
     acc, balanced = dino_quality(dino, probe_train, held_out)
     return {
         "sam_mean_iou": round(sam_quality(sam, held_out), 4),
+        **{f"sam_{k}_iou": round(v, 4) for k, v in sam_prompt_quality(sam, held_out).items()},
         "clip_zero_shot_accuracy": round(clip_quality(clip, tokenizer, held_out), 4),
         "dino_probe_patch_accuracy": round(acc, 4),
         "dino_probe_balanced_accuracy": round(balanced, 4),
