@@ -152,7 +152,7 @@ def _refine(cfg: RunConfig, run: Path, labels: dict[str, Path], log: Callable[[s
     if cfg.coarse_labels is not None:
         inputs["coarse"] = Path(cfg.coarse_labels)
     out: dict[str, Path] = {}
-    first = cfg.methods[0] if cfg.methods[0] in inputs else next(iter(inputs))
+    first = next(k for k in inputs if k.startswith(cfg.methods[0]))  # usam, or fmbseg / fmbseg_refined
     for k, (key, where) in enumerate(sorted(inputs.items(), key=lambda kv: kv[0] != first)):
         target = run / "refined" / "labels" if k == 0 else run / "baselines" / f"{key}_uosam" / "labels"
         lro = run / "baselines" / f"{key}_uosam_lro" / "labels" if cfg.baselines else None

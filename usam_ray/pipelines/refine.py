@@ -29,7 +29,7 @@ from ..models.sam import spec_with_arch
 from ..progress import Progress
 from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from .label import LabelSummary
-from .label_fmbseg import labelled_ids
+from .label_fmbseg import labelled_ids, write_label_batch
 from .label_stage import LabelledImage, write_labelled_shard
 from .stages import object_column, read_images, require_columns, write_errors
 
@@ -64,7 +64,7 @@ def plan_refine(cfg: RefineConfig) -> RefinePlan:
     if cfg.labels is None or cfg.images is None or cfg.out is None:
         raise ValueError("refine needs --labels (coarse labels), --images and --out")
     coarse = CoarseLabels(Path(cfg.labels), cfg.classes_file)
-    if cfg.out is not None and Path(cfg.out).resolve() == Path(cfg.labels).resolve():
+    if Path(cfg.out).resolve() == Path(cfg.labels).resolve():
         raise ValueError(f"refine: --out {cfg.out} is the coarse labels folder; write the refined labels elsewhere")
     sam = resolve_default("sam", cfg.sam.model, models_dir_from_env(cfg.runtime.models_dir), cfg.sam.checkpoint)
     sam = ResolvedModel(spec_with_arch(sam), sam.location, sam.local)
@@ -164,26 +164,17 @@ class RefineStage:
 
 def write_refine_batch(batch: dict[str, np.ndarray], labels_dir: str, lro_dir: Optional[str], classes: list[str],
                        fingerprint: str, provenance: str, overlays: bool) -> dict[str, np.ndarray]:
-    """Sink task: one batch → a labels shard in ``labels_dir`` (and the LRO-only one in ``lro_dir``,
-    written first: the main instance shard marks the batch done) and an errors shard."""
+    """Sink task: the LRO-only labels shard in ``lro_dir`` (when asked, written first: the main
+    instance shard marks the batch done), then ``label_fmbseg.write_label_batch`` for the labels
+    shard and the errors shard in ``labels_dir``; one summary row out."""
     import pickle
 
-    failed = np.array([bool(e) for e in batch["error_type"]], dtype=bool)
-    ok, bad = np.flatnonzero(~failed), np.flatnonzero(failed)
-    instances = 0
-    if len(ok):
-        images = [pickle.loads(batch["row"][i]) for i in ok]
-        name = shard_name(im.image_id for im in images)
-        if lro_dir is not None:
-            write_labelled_shard(Path(lro_dir), name, [pickle.loads(batch["lro"][i]) for i in ok], classes,
-                                 fingerprint, "uosam_lro", False)
-        instances = write_labelled_shard(Path(labels_dir), name, images, classes, fingerprint, provenance, overlays)
-    if len(bad):
-        write_errors(Path(labels_dir), [
-            {"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
-             "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
-        ], fingerprint, {})
-    return {"images": np.array([len(ok)]), "instances": np.array([instances]), "errors": np.array([len(bad)])}
+    ok = [i for i, e in enumerate(batch["error_type"]) if not e]
+    if lro_dir is not None and ok:
+        images = [pickle.loads(batch["lro"][i]) for i in ok]
+        write_labelled_shard(Path(lro_dir), shard_name(im.image_id for im in images), images, classes, fingerprint,
+                             "uosam_lro", False)
+    return write_label_batch(batch, labels_dir, classes, fingerprint, provenance, overlays)
 
 
 def run_refine(cfg: RefineConfig, log: Callable[[str], None] = print) -> LabelSummary:
