@@ -14,7 +14,7 @@ Throughput: images/s of ``pseudo`` and of ``label --method fmbseg`` (base and re
 same invocation; with ``--real N`` also on N images of 375×500 with random-weight CLIP
 ViT-L/14-336, DINOv2 ViT-L/14 (518²) and SAM ViT-H (the paper's models) on this CPU.
 
-    python bench/fmbseg.py [--scenes 60] [--real 2 [--real-only]] [--json]
+    python bench/fmbseg.py [--scenes 60] [--loss tsupcon_balanced] [--temperature 0.2] [--real 2 [--real-only]] [--json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _miou(labels, gt_root) -> float:
     return round(100 * report["semantic"]["miou"], 2)
 
 
-def quality(work: Path, scenes: int) -> dict:
+def quality(work: Path, scenes: int, loss: str, temperature: float) -> dict:
     from usam_ray.config import PseudoConfig, TrainAlignConfig, load_config
     from usam_ray.data.toyscenes import CLASSES, write_scene_dataset
     from usam_ray.pipelines.pseudo import run_pseudo, write_stage1_labels
@@ -64,7 +64,8 @@ def quality(work: Path, scenes: int) -> dict:
     pseudo = run_pseudo(load_config(PseudoConfig, None, [
         f"images={images}", f"out={run / 'pseudo'}", f"classes={', '.join(CLASSES)}", "clip_model=clip:toy",
         "dino_model=dino:toy", "fmbseg.pred_iou_thresh=0.8", *common]), log=QUIET)
-    out: dict = {"scenes": scenes, "held_out_seed": EVAL_SEED, "pseudo_images_per_s": round(pseudo.labelled /
+    out: dict = {"scenes": scenes, "held_out_seed": EVAL_SEED, "loss": loss, "temperature": temperature,
+                 "pseudo_images_per_s": round(pseudo.labelled /
                                                                                              (time.time() - start), 2)}
     for name, fraction in (("1.1", 0.0), ("1.1+75%", 0.75), ("1.1+100%", 1.0)):
         write_stage1_labels(run / "pseudo", work / f"stage1-{name}" / "labels", list(CLASSES), fraction, 0)
@@ -74,7 +75,7 @@ def quality(work: Path, scenes: int) -> dict:
         head = work / f"align-{kind}-{fraction}"
         summary = train_align(load_config(TrainAlignConfig, None, [
             f"pseudo={run / 'pseudo'}", f"out={head}", f"kind={kind}", f"fmbseg.stage12_fraction={fraction}",
-            "runtime.progress=false"]), log=QUIET)
+            f"loss={loss}", f"temperature={temperature}", "runtime.progress=false"]), log=QUIET)
         base, seconds = _label(images, head, head / "base" / "labels", False, common)
         out[f"stage2 base {kind} {fraction:.0%} of 1.2"] = _miou(head / "base" / "labels", root)
         out[f"stage2 {kind} {fraction:.0%} val patch accuracy"] = round(summary["best"]["val_patch_accuracy"], 3)
@@ -120,6 +121,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--real", type=int, default=0, help="also time N images with the paper's architectures")
     parser.add_argument("--real-only", action="store_true", help="skip the toy-world part")
+    parser.add_argument("--loss", default="tsupcon_balanced", choices=["tsupcon", "tsupcon_balanced"],
+                        help="Stage 2 loss (default: the demo's; tsupcon: the paper's form, which collapses here)")
+    parser.add_argument("--temperature", type=float, default=0.2, help="TSupCon τ (default: the demo's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -127,7 +131,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        results = {} if args.real_only else quality(Path(d), args.scenes)
+        results = {} if args.real_only else quality(Path(d), args.scenes, args.loss, args.temperature)
         if args.real:
             results.update(real_throughput(Path(d), args.real))
     print_results(results, args.json)

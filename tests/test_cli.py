@@ -93,6 +93,15 @@ def test_run_refuses_bad_class_lists(tmp_path):
         assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
 
 
+def test_label_options_that_need_fmbseg_are_refused_in_one_line(tmp_path):
+    for extra, fragment in ((["--refined"], "--refined applies to --method fmbseg only"),
+                            (["--method", "fmbseg", "--base-out", str(tmp_path / "b")], "--base-out applies to"),
+                            (["--base-out", str(tmp_path / "b")], "--base-out applies to")):
+        result = runner.invoke(app, ["label", "--images", str(tmp_path), "--head", str(tmp_path), "--out",
+                                     str(tmp_path / "o"), *extra])
+        assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output, result.output
+
+
 def _main(args, capsys) -> tuple[int, str]:
     """The console entry point (usage errors as one line), its exit code and stderr."""
     from usam_ray.cli import main

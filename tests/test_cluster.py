@@ -75,7 +75,10 @@ class Cluster:
     def __init__(self) -> None:
         self.temp = tempfile.mkdtemp(prefix="urc", dir="/tmp")  # short: Ray's socket paths must fit
         self.gcs, self.dash, self.client, self.worker_port = (_free_port() for _ in range(4))
-        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled"}
+        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled",
+                    # the GCS declares a killed node dead after ~3 s, not Ray's default ~30 s (5 missed 3 s checks)
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                    "RAY_health_check_failure_threshold": "3"}
         self.env.pop("RAY_ADDRESS", None)
         self.url = f"http://127.0.0.1:{self.dash}"
 

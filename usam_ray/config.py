@@ -395,6 +395,9 @@ class LabelConfig(_Section):
     )
     retry_errors: bool = Field(False, description="fmbseg: drop earlier error rows and try those images again.")
     out: Optional[LocalPath] = Field(None, description="Labels directory (RUN/labels).")
+    base_out: Optional[LocalPath] = Field(
+        None, description="fmbseg --refined: also write the base labels here, from the same pass (for comparisons)."
+    )
     overlays: bool = Field(False, description="Also write overlay PNGs (image + labels) for looking at.")
     export: ExportSection = Field(default_factory=ExportSection, description="Extra label formats.")
     label: LabelSettings = Field(default_factory=LabelSettings, description="Thresholds.")
@@ -521,6 +524,11 @@ class TrainAlignConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
     temperature: float = Field(0.1, gt=0, description="TSupCon temperature τ.")
+    loss: Literal["tsupcon", "tsupcon_balanced"] = Field(
+        "tsupcon",
+        description="tsupcon: the paper's Eq. 1–4, text terms weigh K/(B·N+K); tsupcon_balanced: the text terms' "
+        "mean weighs as much as the patch terms' (learns where the paper's form collapses: README, FMbSeg).",
+    )
     heads: int = Field(4, ge=1, description="Attention heads of the block (DINOv2's width must divide by it).")
     mlp_ratio: float = Field(4.0, gt=0, description="MLP width over DINOv2's width (block and mlp kinds).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Images (by id hash) held out to pick the best epoch.")

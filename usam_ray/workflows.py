@@ -120,17 +120,21 @@ def _fmbseg(cfg: RunConfig, where: Path, classes: list[str], log: Callable[[str]
         from .train.align import train_align
 
         train_align(acfg, log=log)
-    variants = [cfg.refined] + ([not cfg.refined] if cfg.baselines else [])
+    # the refined labels, with baselines the base ones too: one pass when refined (--base-out), else two
     out: dict[str, Path] = {}
+    base_out = where / "baselines" / "fmbseg" / "labels" if cfg.refined and cfg.baselines else None
+    variants = [cfg.refined] + ([True] if cfg.baselines and not cfg.refined else [])
     summary: dict = {}
     for k, refined in enumerate(variants):
-        labels = where / "labels" if k == 0 else where / "baselines" / ("fmbseg_refined" if refined else "fmbseg") / "labels"
+        labels = where / "labels" if k == 0 else where / "baselines" / "fmbseg_refined" / "labels"
         lcfg = LabelConfig(images=cfg.images, head=where / "align", method="fmbseg", refined=refined, out=labels,
-                           overlays=cfg.overlays and k == 0, export=cfg.export, label=cfg.label, sam=cfg.sam,
-                           data=cfg.data, runtime=cfg.runtime)
+                           base_out=base_out if refined else None, overlays=cfg.overlays and k == 0,
+                           export=cfg.export, label=cfg.label, sam=cfg.sam, data=cfg.data, runtime=cfg.runtime)
         done = run_label_fmbseg(lcfg, log=log if k == 0 else (lambda _l: None), classes=classes).__dict__
         summary = summary if k else done
         out["fmbseg_refined" if refined else "fmbseg"] = labels
+    if base_out is not None:
+        out["fmbseg"] = base_out
     if cfg.baselines:
         for key, fraction in (("fmbseg_stage1_1", 0.0), ("fmbseg_stage1", cfg.fmbseg.stage12_fraction)):
             out[key] = where / "baselines" / key / "labels"
@@ -140,11 +144,11 @@ def _fmbseg(cfg: RunConfig, where: Path, classes: list[str], log: Callable[[str]
 
 def _refine(cfg: RunConfig, run: Path, labels: dict[str, Path], log: Callable[[str], None]) -> dict[str, Path]:
     """UO-SAM over each method's base labels (U-SAM's; FMbSeg's base when written, else refined) and
-    ``cfg.coarse_labels``: the first into ``RUN/refined/labels``, the others into
-    ``RUN/baselines/<id>_uosam/labels``; with baselines also the LRO-only labels (same SAM pass).
-    Returns the labels directories by method id."""
+    ``cfg.coarse_labels``, all in one SAM pass (``run_refine_many``): the first into
+    ``RUN/refined/labels``, the others into ``RUN/baselines/<id>_uosam/labels``; with baselines also
+    the LRO-only labels. Returns the labels directories by method id."""
     from .config import RefineConfig
-    from .pipelines.refine import run_refine
+    from .pipelines.refine import run_refine_many
 
     inputs = {k: labels[k] for k in ("usam", "fmbseg") if k in labels}
     if "fmbseg" in cfg.methods and "fmbseg" not in inputs:
@@ -153,17 +157,18 @@ def _refine(cfg: RunConfig, run: Path, labels: dict[str, Path], log: Callable[[s
         inputs["coarse"] = Path(cfg.coarse_labels)
     out: dict[str, Path] = {}
     first = next(k for k in inputs if k.startswith(cfg.methods[0]))  # usam, or fmbseg / fmbseg_refined
+    cfgs = []
     for k, (key, where) in enumerate(sorted(inputs.items(), key=lambda kv: kv[0] != first)):
         target = run / "refined" / "labels" if k == 0 else run / "baselines" / f"{key}_uosam" / "labels"
         lro = run / "baselines" / f"{key}_uosam_lro" / "labels" if cfg.baselines else None
-        rcfg = RefineConfig(labels=where, images=cfg.images, out=target, lro_out=lro, uosam=cfg.uosam, sam=cfg.sam,
-                            data=cfg.data, export=cfg.export, runtime=cfg.runtime, overlays=cfg.overlays and k == 0)
-        run_refine(rcfg, log=log if k == 0 else (lambda _l: None))
+        cfgs.append(RefineConfig(labels=where, images=cfg.images, out=target, lro_out=lro, uosam=cfg.uosam, sam=cfg.sam,
+                                 data=cfg.data, export=cfg.export, runtime=cfg.runtime, overlays=cfg.overlays and k == 0))
         if key == "coarse":
             out["coarse"] = where
         if lro is not None:
             out[f"{key}_uosam_lro"] = lro
         out[f"{key}_uosam"] = target
+    run_refine_many(cfgs, log=log)
     return out
 
 
@@ -260,9 +265,10 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
         refine=cfg.refine, coarse_labels=out / "toy-scenes-coarse" if cfg.refine else None,
         # the toy SAM's predicted IoUs rarely reach the paper's 0.97 (see bench/fmbseg_stage1.py)
         fmbseg={"pred_iou_thresh": 0.8},
-        # on the toy world the paper's one-block module collapses under TSupCon; the linear one of
-        # its ablation learns (bench/fmbseg.py measures all three)
-        align={"kind": "linear"},
+        # the paper's one-block module; on the toy world it collapses under TSupCon as the paper
+        # weighs it (text terms K/(B·N+K)) and learns when text and patch terms weigh alike
+        # (README, FMbSeg; bench/fmbseg.py --loss tsupcon measures the paper's form)
+        align={"kind": "block", "loss": "tsupcon_balanced", "temperature": 0.2},
     )
 
 

@@ -111,6 +111,32 @@ def test_refinement_raises_iou_on_coarsened_toy_objects(toy_sam):
     assert np.mean(full) > np.mean(before) + 0.04, (np.mean(before), np.mean(full))
 
 
+def test_several_coarse_inputs_share_the_encoder_and_the_automatic_masks(toy_sam):
+    """``refine_many`` gives each input what ``refine_batch`` gives it alone, with SAM's automatic
+    masks made once per image however many inputs there are (None: nothing to do for that input)."""
+    rng = np.random.default_rng(21)
+    scenes = [scene(rng, 128) for _ in range(3)]
+    padded = np.stack([prepare_image(sc.image, 128)[0] for sc in scenes])
+    sizes = [prepare_image(sc.image, 128)[1] for sc in scenes]
+    a = [coarsen_labels(sc.semantic, rng) for sc in scenes]
+    b = [coarsen_labels(sc.semantic, rng) for sc in scenes]
+    uo = UoSam(toy_sam, LabelSettings(min_iou_pred=0.5, nms_iou=0.5), every_component=True)
+    alone = [uo.refine_batch(padded, sizes, a), uo.refine_batch(padded, sizes, b)]
+    calls = []
+    embed = toy_sam.embed_prepared
+    uo.embedder.embed_prepared = lambda *args, **kw: calls.append(1) or embed(*args, **kw)
+    try:
+        together = uo.refine_many(padded, sizes, [a, [b[0], None, b[2]]])
+    finally:
+        del uo.embedder.embed_prepared
+    assert len(calls) == 3  # one automatic-mask pass per image, not per input
+    assert together[1][1] is None
+    for j, i in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2)]:
+        for field in ("lro", "semantic"):
+            same = (getattr(together[j][i], field) == getattr(alone[j][i], field)).mean()
+            assert same > 0.999, (j, i, field, same)
+
+
 def test_a_blurred_square_gets_sharper(toy_sam):
     """One object of a toy scene, its mask blurred: LRO's two SAM passes raise its IoU."""
     import cv2

@@ -15,7 +15,7 @@ from usam_ray.data.coarse import CoarseLabelsError
 from usam_ray.data.groundtruth import read_label_png
 from usam_ray.data.shards import list_shards, read_column, read_manifest
 from usam_ray.data.toyscenes import write_coarse_labels, write_scene_dataset
-from usam_ray.pipelines.refine import run_refine
+from usam_ray.pipelines.refine import run_refine, run_refine_many
 
 pytestmark = pytest.mark.slow
 ZOO = Path(__file__).parents[2] / "usam_ray" / "toyworld" / "zoo"
@@ -75,6 +75,37 @@ def test_refine_a_png_folder_then_our_labels(tmp_path, ray_session):
     assert second.images == 19
     assert {r for s in list_shards(tmp_path / "again" / "labels" / "instances")
             for r in pq.read_table(s).column("provenance").to_pylist()} == {"uosam_lro"}
+
+
+def test_several_label_sets_in_one_pass_each_output_complete_once(tmp_path, ray_session):
+    """Two segmenters' labels of the same images refined in one SAM pass: an output that already
+    holds every image is left alone, the other is refined (its missing PNG an error row of its own),
+    both manifests complete; a shared setting that differs is refused."""
+    gt = write_scene_dataset(tmp_path / "gt", 8, seed=77)
+    a = write_coarse_labels(gt, tmp_path / "a", seed=1)
+    b = write_coarse_labels(gt, tmp_path / "b", seed=2)
+    (b / "scene_00007.png").unlink()
+    run_refine(_cfg(a, gt / "images", tmp_path / "ra" / "labels"))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ra" / "labels" / "semantic").glob("*.png")}
+    lines = []
+    sa, sb = run_refine_many([_cfg(a, gt / "images", tmp_path / "ra" / "labels"),
+                              _cfg(b, gt / "images", tmp_path / "rb" / "labels", f"lro_out={tmp_path / 'rb' / 'lro'}")],
+                             log=lines.append)
+    assert (sa.images, sa.shards_done_before, sb.images) == (0, 8, 7)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ra" / "labels" / "semantic").glob("*.png")} == before
+    assert sorted(Counter(read_column(tmp_path / "ra" / "labels" / "images", "file_name")).values()) == [1] * 8
+    assert sorted(Counter(read_column(tmp_path / "rb" / "labels" / "images", "file_name")).values()) == [1] * 7
+    assert read_column(tmp_path / "rb" / "labels" / "errors", "image_id") == ["scene_00007.png"]
+    assert not list_shards(tmp_path / "ra" / "labels" / "errors")
+    assert len(read_column(tmp_path / "rb" / "lro" / "images", "file_name")) == 7
+    for out in ("ra", "rb"):
+        assert read_manifest(tmp_path / out)["stages"]["refine"]["status"] == "complete"
+    keys = [f"scene_{i:05d}" for i in range(7)]
+    assert _miou(tmp_path / "rb" / "labels" / "semantic", gt, keys) > _miou(b, gt, keys)
+    assert sum(line.startswith("refine: ") for line in lines) == 2  # one header, one summary
+    with pytest.raises(ValueError, match="must share uosam"):
+        run_refine_many([_cfg(a, gt / "images", tmp_path / "x"), _cfg(b, gt / "images", tmp_path / "y",
+                                                                      "uosam.use_global=false")])
 
 
 def test_bad_coarse_inputs_fail_before_ray(tmp_path):

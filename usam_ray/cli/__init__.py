@@ -204,7 +204,7 @@ def pseudo(
 
 LABEL_OPTIONS = {"images": "--images", "embeddings": "--from-embeddings", "head": "--head", "out": "--out",
                  "runtime.models_dir": "--models", "export.formats": "--format", "method": "--method",
-                 "refined": "--refined"}
+                 "refined": "--refined", "base_out": "--base-out"}
 
 
 @app.command()
@@ -221,6 +221,8 @@ def label(
                                          "[default: usam]."),
     refined: bool = typer.Option(False, "--refined", help="fmbseg: refine the base labels with SAM's automatic masks."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help=f"Labels directory (RUN/labels). {REQUIRED}"),
+    base_out: Optional[Path] = typer.Option(None, "--base-out", metavar="DIR",
+                                            help="fmbseg --refined: also write the base labels here (same pass)."),
     classes: Optional[str] = typer.Option(None, "--classes", metavar="TEXT", help="Expected classes (checked against the head)."),
     overlays: bool = typer.Option(False, "--overlays", help="Also write overlay PNGs and overlays/index.html."),
     formats: Optional[List[str]] = typer.Option(
@@ -245,8 +247,11 @@ def label(
         names = list(Ontology.from_names(classes).classes) if classes is not None else None
         cfg = load_config(LabelConfig, config, _overrides(
             sets, images=images, embeddings=from_embeddings, head=head, out=out, overlays=overlays, method=method,
-            refined=refined, **{"runtime.models_dir": models, "export.formats": formats or None}), options=LABEL_OPTIONS)
+            refined=refined, base_out=base_out, **{"runtime.models_dir": models, "export.formats": formats or None}),
+            options=LABEL_OPTIONS)
         _require(cfg, {"head": "--head", "out": "--out"}, "label")
+        if cfg.base_out is not None and not (cfg.method == "fmbseg" and cfg.refined):
+            _fail("--base-out applies to --method fmbseg --refined only")
         if cfg.method == "fmbseg":
             if cfg.images is None:
                 _fail("label --method fmbseg needs --images (it runs DINOv2 on them)")

@@ -214,24 +214,51 @@ class UoSam:
             input_sizes (list): (h, w) of each resized image inside its pad.
             coarse (list[np.ndarray]): B (H, W) uint8 coarse maps at the images' original sizes.
         """
+        return self.refine_many(padded, input_sizes, [list(coarse)])[0]  # type: ignore[return-value]
+
+    def refine_many(self, padded: np.ndarray, input_sizes: list[tuple[int, int]],
+                    coarse_sets: list[list[Optional[np.ndarray]]]) -> list[list[Optional[Refinement]]]:
+        """Refine several coarse inputs of the same batch of images (label sets from several
+        segmenters): the encoder runs once for the batch and GRO's automatic masks once per image,
+        whatever the number of inputs.
+
+        Args:
+            padded (np.ndarray), input_sizes (list): as ``refine_batch``.
+            coarse_sets (list[list]): per input, B (H, W) uint8 coarse maps, or None where that
+                input has nothing to refine for that image.
+
+        Returns:
+            per input, B ``Refinement`` (None where its map was None).
+        """
         torch = self.embedder.torch
+        out: list[list[Optional[Refinement]]] = [[None] * len(input_sizes) for _ in coarse_sets]
         with torch.inference_mode():
             features = self.embedder.encode(padded, input_sizes)
-            out = []
-            for i, (size, c) in enumerate(zip(input_sizes, coarse)):
-                out.append(self.refine_one(features[i : i + 1], padded[i : i + 1], size, c))
+            for i, size in enumerate(input_sizes):
+                auto: Optional[MaskSet] = None
+                for j, maps in enumerate(coarse_sets):
+                    if maps[i] is None:
+                        continue
+                    if self.use_global and auto is None:
+                        auto = automatic_masks(self.embedder.embed_prepared(
+                            padded[i : i + 1], [size], [maps[i].shape], features=features[i : i + 1])[0], self.settings)
+                    out[j][i] = self.refine_one(features[i : i + 1], padded[i : i + 1], size, maps[i], auto)
         return out
 
-    def refine_one(self, features, padded: np.ndarray, input_size: tuple[int, int], coarse: np.ndarray) -> Refinement:
-        """LRO (and GRO) of one image from its embedding ((1, C, g, g) tensor)."""
+    def refine_one(self, features, padded: np.ndarray, input_size: tuple[int, int], coarse: np.ndarray,
+                   auto: Optional[MaskSet] = None) -> Refinement:
+        """LRO (and GRO) of one image from its embedding ((1, C, g, g) tensor); ``auto``: GRO's
+        automatic masks (``automatic_masks`` of this image at the coarse map's size) when already made."""
         coarse = np.where(coarse == 255, 0, coarse).astype(np.uint8)
         prompts = region_prompts(coarse, features[0].float().cpu().numpy(), input_size, self.embedder.image_size,
                                  every_component=self.every_component, min_component=self.min_component)
         lro, scores = self._local(features, input_size, coarse, prompts)
         semantic = lro
         if self.use_global:
-            auto = self.embedder.embed_prepared(padded, [input_size], [coarse.shape], features=features)[0]
-            semantic = self.global_vote(lro, automatic_masks(auto, self.settings))
+            if auto is None:
+                auto = automatic_masks(self.embedder.embed_prepared(padded, [input_size], [coarse.shape],
+                                                                    features=features)[0], self.settings)
+            semantic = self.global_vote(lro, auto)
         return Refinement(lro, semantic, prompts, scores)
 
     def global_vote(self, lro: np.ndarray, auto: MaskSet) -> np.ndarray:

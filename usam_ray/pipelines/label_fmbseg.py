@@ -45,6 +45,9 @@ class FmbsegLabelPlan:
     provenance: str
     listing: Listing
     already_done: int
+    base_fingerprint: str = ""  # of the base labels written to cfg.base_out
+    skip: frozenset[str] = frozenset()  # in cfg.out already (labelled or failed), redone for cfg.base_out only
+    skip_base: frozenset[str] = frozenset()  # in cfg.base_out already, redone for cfg.out only
 
 
 def labelled_ids(labels_dir: Path) -> set[str]:
@@ -84,21 +87,32 @@ def plan_label_fmbseg(cfg: LabelConfig, classes: Optional[list[str]] = None) -> 
                                 f"{trained[dino_name]}, but {dino.location} has weights {dino.fingerprint()}")
     sam = resolve_default("sam", cfg.sam.model, models_dir, cfg.sam.checkpoint)
     sam = ResolvedModel(spec_with_arch(sam), sam.location, sam.local)
-    fingerprint = stable_hash({"stage": "label_fmbseg", "head": weights_fingerprint(head_path),
-                               "refined": cfg.refined, "label": cfg.label.model_dump(), "dino": dino.fingerprint(),
-                               "sam": sam.fingerprint() if cfg.refined else "",
-                               "sam_settings": cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint", "compile"})
-                               if cfg.refined else {}, "data": cfg.data.model_dump(mode="json", exclude={"extensions"})})
-    out = Path(cfg.out)
-    remove_temp_files(out)
-    check_fingerprints([out / "instances", out / "errors"], fingerprint, STAGE)
-    if cfg.retry_errors:
-        for shard in list_shards(out / "errors"):
-            shard.unlink()
-    done = labelled_ids(out) | set(read_column(out / "errors", "image_id"))
+    if cfg.base_out is not None and not cfg.refined:
+        raise ValueError("label: base_out (--base-out) needs refined labels (--refined); the base labels are --out")
+
+    def fingerprint_of(refined: bool) -> str:
+        return stable_hash({"stage": "label_fmbseg", "head": weights_fingerprint(head_path),
+                            "refined": refined, "label": cfg.label.model_dump(), "dino": dino.fingerprint(),
+                            "sam": sam.fingerprint() if refined else "",
+                            "sam_settings": cfg.sam.model_dump(mode="json", exclude={"model", "checkpoint", "compile"})
+                            if refined else {}, "data": cfg.data.model_dump(mode="json", exclude={"extensions"})})
+
+    # the base labels written beside refined ones carry a base run's fingerprint: either run resumes the other
+    fingerprint, base_fingerprint = fingerprint_of(cfg.refined), fingerprint_of(False)
+    outs = [(Path(cfg.out), fingerprint)] + ([(Path(cfg.base_out), base_fingerprint)] if cfg.base_out is not None else [])
+    dones = []  # per output, the images it has (labelled or an error row)
+    for out, fp in outs:
+        remove_temp_files(out)
+        check_fingerprints([out / "instances", out / "errors"], fp, STAGE)
+        if cfg.retry_errors:
+            for shard in list_shards(out / "errors"):
+                shard.unlink()
+        dones.append(labelled_ids(out) | set(read_column(out / "errors", "image_id")))
+    done = set.intersection(*dones)
     listing = list_source(parse_source(cfg.images), cfg.data, done, rows_per_unit=cfg.runtime.batch_size)
     return FmbsegLabelPlan(cfg, head_path, list(info["classes"]), dino, sam, fingerprint,
-                           "fmbseg_refined" if cfg.refined else "fmbseg", listing, listing.total - listing.pending)
+                           "fmbseg_refined" if cfg.refined else "fmbseg", listing, listing.total - listing.pending,
+                           base_fingerprint, frozenset(dones[0] - done), frozenset(dones[-1] - done))
 
 
 class FmbsegLabelStage:
@@ -111,9 +125,10 @@ class FmbsegLabelStage:
         refined (bool): refine with SAM's automatic masks.
         settings (LabelSettings), sam_settings (SamConfig), runtime (RuntimeConfig): as their sections.
         device (str): torch device; torch_threads (int): intra-op threads (0: torch's default).
+        base_too (bool): with ``refined``, also return the base labels (column ``base``).
 
-    Output columns: ``image_id``, ``path``, the error columns and ``row`` (bytes: the pickled
-    ``LabelledImage``, b"" on error).
+    Output columns: ``image_id``, ``path``, the error columns, ``row`` and ``base`` (bytes: the
+    pickled ``LabelledImage``, b"" on error or when not asked for).
     """
 
     INPUT = ("image_id", "path", "height", "width", "input_h", "input_w", "image", "error_type", "error_stage",
@@ -121,7 +136,7 @@ class FmbsegLabelStage:
 
     def __init__(self, head_path: str, dino: ResolvedModel, sam: ResolvedModel, refined: bool,
                  settings: LabelSettings, sam_settings: SamConfig, runtime: RuntimeConfig | None = None,
-                 device: str = "cpu", torch_threads: int = 0) -> None:
+                 device: str = "cpu", torch_threads: int = 0, base_too: bool = False) -> None:
         import torch
 
         from ..heads.checkpoint import load_head
@@ -141,6 +156,7 @@ class FmbsegLabelStage:
         self.dino.model.to(self.device)
         self.settings = settings
         self.provenance = "fmbseg_refined" if refined else "fmbseg"
+        self.base_too = base_too and refined
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pickle
@@ -152,7 +168,7 @@ class FmbsegLabelStage:
         out = {k: batch[k] for k in ("image_id", "path")}
         for k in ("error_type", "error_stage", "message"):
             out[k] = np.array(batch[k], dtype=object)
-        rows = [b""] * n
+        rows, bases = [b""] * n, [b""] * n
         ok = [i for i in range(n) if not batch["error_type"][i]]
         sizes = {i: (int(batch["input_h"][i]), int(batch["input_w"][i])) for i in ok}
         originals = {i: (int(batch["height"][i]), int(batch["width"][i])) for i in ok}
@@ -167,14 +183,20 @@ class FmbsegLabelStage:
                 out["message"][i] = f"{batch['path'][i]}: FMbSeg labelling failed: {exc}"
             ok = []
         for k, i in enumerate(ok):
+            image_id, path = str(batch["image_id"][i]), str(batch["path"][i])
             try:
                 inst, sem = label_image(self.head, self.prototypes, feats[k], *originals[i], autos.get(i), self.settings)
+                if self.base_too:
+                    base = LabelledImage(image_id, path, *label_image(self.head, self.prototypes, feats[k],
+                                                                      *originals[i], None, self.settings))
             except Exception as exc:
                 out["error_type"][i], out["error_stage"][i] = type(exc).__name__, "label"
                 out["message"][i] = f"{batch['path'][i]}: FMbSeg labelling failed: {exc}"
                 continue
-            rows[i] = pickle.dumps(LabelledImage(str(batch["image_id"][i]), str(batch["path"][i]), inst, sem))
-        out["row"] = object_column(rows)
+            rows[i] = pickle.dumps(LabelledImage(image_id, path, inst, sem))
+            if self.base_too:
+                bases[i] = pickle.dumps(base)
+        out["row"], out["base"] = object_column(rows), object_column(bases)
         return out
 
     def _automatic(self, batch: dict, ok: list[int], sizes: dict, originals: dict) -> list:
@@ -187,24 +209,45 @@ class FmbsegLabelStage:
 
 
 def write_label_batch(batch: dict[str, np.ndarray], labels_dir: str, classes: list[str], fingerprint: str,
-                      provenance: str, overlays: bool) -> dict[str, np.ndarray]:
-    """Sink task: one batch → a labels shard (``write_labelled_shard``) and an errors shard; one
-    summary row out (``images``, ``instances``, ``errors``)."""
+                      provenance: str, overlays: bool, base: Optional[dict] = None) -> dict[str, np.ndarray]:
+    """Sink task: one batch (``row``: pickled ``LabelledImage``, or the error columns) →
+    ``write_labelled_and_errors``. With ``base`` (``dir``, ``fingerprint``, ``skip``: ids that
+    output has already; ``skip_main``: ids ``labels_dir`` has already), the ``base`` column's labels
+    shard there first (the main instance shard marks the batch done). One summary row out
+    (``images`` and ``errors`` of the batch, ``instances`` written to ``labels_dir``)."""
     import pickle
 
     failed = np.array([bool(e) for e in batch["error_type"]], dtype=bool)
-    ok, bad = np.flatnonzero(~failed), np.flatnonzero(failed)
+
+    def rows(skip: frozenset, column: str) -> tuple[list, list[dict]]:
+        keep = [i for i in range(len(failed)) if batch["image_id"][i] not in skip]
+        return ([pickle.loads(batch[column][i]) for i in keep if not failed[i]],
+                [{"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
+                  "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in keep if failed[i]])
+
+    skip_main: frozenset = frozenset()
+    if base is not None:  # an error is an error of both outputs
+        skip_main = base["skip_main"]
+        write_labelled_and_errors(Path(base["dir"]), *rows(base["skip"], "base"), classes, base["fingerprint"],
+                                  "fmbseg", False)
+    images, errors = rows(skip_main, "row")
+    instances = write_labelled_and_errors(Path(labels_dir), images, errors, classes, fingerprint, provenance, overlays)
+    return {"images": np.array([int((~failed).sum())]), "instances": np.array([instances]),
+            "errors": np.array([int(failed.sum())])}
+
+
+def write_labelled_and_errors(labels_dir: Path, images: list[LabelledImage], errors: list[dict], classes: list[str],
+                              fingerprint: str, provenance: str, overlays: bool) -> int:
+    """A labels shard of ``images`` (``write_labelled_shard``) and an errors shard of ``errors``
+    (rows of ``image_id``, ``path``, ``stage``, ``error_type``, ``message``), each when not empty.
+    Returns the number of instances written."""
     instances = 0
-    if len(ok):
-        images = [pickle.loads(batch["row"][i]) for i in ok]
+    if images:
         name = shard_name(im.image_id for im in images)
-        instances = write_labelled_shard(Path(labels_dir), name, images, classes, fingerprint, provenance, overlays)
-    if len(bad):
-        write_errors(Path(labels_dir), [
-            {"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
-             "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
-        ], fingerprint, {})
-    return {"images": np.array([len(ok)]), "instances": np.array([instances]), "errors": np.array([len(bad)])}
+        instances = write_labelled_shard(labels_dir, name, images, classes, fingerprint, provenance, overlays)
+    if errors:
+        write_errors(labels_dir, errors, fingerprint, {})
+    return instances
 
 
 def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
@@ -226,6 +269,8 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
     errors = images = instances = 0
     if listing.errors:
         write_errors(out, [{**e, "stage": "list"} for e in listing.errors], plan.fingerprint, {})
+        if cfg.base_out is not None:
+            write_errors(Path(cfg.base_out), [{**e, "stage": "list"} for e in listing.errors], plan.base_fingerprint, {})
         errors += len(listing.errors)
     if listing.pending:
         resources = init_ray(cfg.runtime.address, log)
@@ -236,12 +281,16 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
             FmbsegLabelStage,
             fn_constructor_kwargs={"head_path": str(plan.head_path), "dino": plan.dino, "sam": plan.sam,
                                    "refined": cfg.refined, "settings": cfg.label, "sam_settings": cfg.sam,
-                                   "runtime": cfg.runtime, "device": pool.device, "torch_threads": pool.torch_threads},
+                                   "runtime": cfg.runtime, "device": pool.device, "torch_threads": pool.torch_threads,
+                                   "base_too": cfg.base_out is not None},
             batch_size=cfg.runtime.batch_size, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(size=pool.size, max_tasks_in_flight_per_actor=4))
         ds = ds.map_batches(
             write_label_batch, fn_kwargs={"labels_dir": str(out), "classes": plan.classes, "fingerprint": plan.fingerprint,
-                                          "provenance": plan.provenance, "overlays": cfg.overlays},
+                                          "provenance": plan.provenance, "overlays": cfg.overlays,
+                                          "base": None if cfg.base_out is None else {
+                                              "dir": str(cfg.base_out), "fingerprint": plan.base_fingerprint,
+                                              "skip": plan.skip_base, "skip_main": plan.skip}},
             batch_size=cfg.runtime.shard_size, compute=ray.data.TaskPoolStrategy(size=pool.write_tasks),
             num_cpus=pool.write_cpus)
         with Progress("label", listing.pending, "images", log if cfg.runtime.progress else (lambda _l: None)) as progress:
@@ -250,6 +299,8 @@ def run_label_fmbseg(cfg: LabelConfig, log: Callable[[str], None] = print,
                 instances += int(row["instances"])
                 errors += int(row["errors"])
                 progress.update(int(row["images"]) + int(row["errors"]), instances=instances, errors=errors)
+    if cfg.base_out is not None:
+        write_label_outputs(Path(cfg.base_out), plan.classes, plan.base_fingerprint, cfg.export)
     images_total, instances_total, exports = write_label_outputs(out, plan.classes, plan.fingerprint, cfg.export)
     summary = LabelSummary(str(out), plan.fingerprint, plan.already_done, images, instances, images_total,
                            instances_total, time.time() - start, exports)

@@ -120,10 +120,8 @@ def patch_labels(semantic: np.ndarray, patch: int = 8) -> np.ndarray:
 
 
 def dino_quality(model, train: list[Scene], test: list[Scene]) -> tuple[float, float]:
-    """Class-balanced linear-probe patch accuracy (background + 5 classes): least squares on
-    one-hot targets, each patch weighted by 1 / its class's count (so background, ~88 % of the
-    patches, does not drown the classes), fitted on ``train`` scenes' patch features, scored on
-    ``test`` scenes' patches.
+    """Class-balanced linear-probe patch accuracy (background + 5 classes; ``balanced_probe``),
+    fitted on ``train`` scenes' patch features, scored on ``test`` scenes' patches.
 
     Returns:
         (accuracy, balanced accuracy = mean of the 6 per-class recalls; the informative figure).
@@ -132,16 +130,25 @@ def dino_quality(model, train: list[Scene], test: list[Scene]) -> tuple[float, f
     def features(scenes):
         feats = [dino_patch_features(model, np.stack([s.image for s in scenes[i:i + 64]])).numpy()
                  for i in range(0, len(scenes), 64)]
-        x = np.concatenate(feats).reshape(-1, feats[0].shape[-1])
-        y = np.concatenate([patch_labels(s.semantic) for s in scenes])
-        return np.hstack([x, np.ones((len(x), 1))]), y
+        return np.concatenate(feats).reshape(-1, feats[0].shape[-1]), np.concatenate([patch_labels(s.semantic) for s in scenes])
 
-    x, y = features(train)
-    onehot = np.eye(len(CLASSES) + 1)[y]
-    weights = 1.0 / np.bincount(y, minlength=len(CLASSES) + 1)[y]  # (patches,)
+    accuracy, recalls = balanced_probe(*features(train), *features(test))
+    return accuracy, float(np.mean(recalls))
+
+
+def balanced_probe(x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> tuple[float, list[float]]:
+    """A class-balanced linear probe: least squares (+ bias, small ridge) on one-hot targets, each
+    patch weighted by 1 / its class's count (so background, ~88 % of the patches, does not drown
+    the classes), fitted on (x (P, D), y (P,)), scored on (xt, yt).
+
+    Returns:
+        (accuracy, the recall of each class present in ``yt``, background first).
+    """
+    k = len(CLASSES) + 1
+    x, xt = np.hstack([x, np.ones((len(x), 1))]), np.hstack([xt, np.ones((len(xt), 1))])
+    onehot = np.eye(k)[y]
+    weights = 1.0 / np.bincount(y, minlength=k)[y]  # (patches,)
     xw = x * weights[:, None]
     w = np.linalg.solve(x.T @ xw + 1e-2 * np.eye(x.shape[1]) * weights.mean(), xw.T @ onehot)
-    xt, yt = features(test)
     pred = (xt @ w).argmax(1)
-    recalls = [float((pred[yt == k] == k).mean()) for k in range(len(CLASSES) + 1) if (yt == k).any()]
-    return float((pred == yt).mean()), float(np.mean(recalls))
+    return float((pred == yt).mean()), [float((pred[yt == c] == c).mean()) for c in range(k) if (yt == c).any()]

@@ -117,7 +117,10 @@ def _align_loop(config: dict) -> None:
     d = config["head_args"]["in_dim"]
     prototypes = torch.as_tensor(np.asarray(config["extra"]["prototypes"], np.float32)).to(device)
     train_idx, val_idx = np.flatnonzero(~rows["val"]), np.flatnonzero(rows["val"])
+    val_counts = np.bincount(rows["targets"][val_idx].reshape(-1), minlength=prototypes.shape[0])
+    majority = float(val_counts.max() / val_counts.sum()) if len(val_idx) else float("nan")
     bs = config["batch_size"]
+    balanced = config.get("loss") == "tsupcon_balanced"
 
     def batches(idx: np.ndarray, count: int):
         for step in range(count):
@@ -137,7 +140,8 @@ def _align_loop(config: dict) -> None:
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         total, correct, seen = 0.0, 0, 0
         for x, y in batches(order, steps):
-            loss = tsupcon(model(x).reshape(-1, prototypes.shape[1]), y.reshape(-1), prototypes, config["temperature"])
+            loss = tsupcon(model(x).reshape(-1, prototypes.shape[1]), y.reshape(-1), prototypes, config["temperature"],
+                           balanced)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -151,12 +155,19 @@ def _align_loop(config: dict) -> None:
                 correct += int((label_patches(z, prototypes).argmax(-1) == y).sum())
                 seen += int(y.numel())
                 val_loss += float(tsupcon(z.reshape(-1, prototypes.shape[1]), y.reshape(-1), prototypes,
-                                          config["temperature"])) * len(x)
+                                          config["temperature"], balanced)) * len(x)
         acc = correct / seen if seen else float("nan")
         metrics = {"phase": "align", "epoch": epoch, "loss": total / max(steps, 1),
                    "val_loss": val_loss / len(val_idx) if len(val_idx) else float("nan"), "val_patch_accuracy": acc,
-                   "lr": sched.get_last_lr()[0], "checkpoint_score": acc if seen else float(epoch)}
+                   "val_majority_share": majority, "lr": sched.get_last_lr()[0],
+                   "checkpoint_score": acc if seen else float(epoch)}
         report_epoch(model, metrics, config, rank0)
+
+
+def collapsed(metrics: dict) -> bool:
+    """Whether an epoch's validation patch accuracy is under half the share of the commonest
+    pseudo label: what a module that maps every patch to one (other) prototype scores."""
+    return bool(metrics.get("val_patch_accuracy", 1.0) < 0.5 * metrics.get("val_majority_share", 0.0))
 
 
 def _shown(metrics: dict) -> dict:
@@ -206,7 +217,7 @@ def train_align(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     embeddings = {"fingerprint": info["fingerprint"], "models": info["models"]}
     config = {"classes": classes, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
               "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "temperature": cfg.temperature,
-              "seed": cfg.seed, "embeddings": embeddings,
+              "loss": cfg.loss, "seed": cfg.seed, "embeddings": embeddings,
               "head_args": {"in_dim": info["dim"], "out_dim": int(prototypes.shape[1]), "kind": cfg.kind,
                             "heads": cfg.heads, "mlp_ratio": cfg.mlp_ratio},
               "extra": {"method": "fmbseg", "prototypes": prototypes.tolist(), "prompts": prompts}}
@@ -221,4 +232,8 @@ def train_align(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
     write_head_json(out, summary)
     log(f"train align: best epoch {best['epoch'] + 1}/{cfg.epochs} (validation patch accuracy against the pseudo "
         f"labels {best['val_patch_accuracy']:.3f}); every epoch's metrics in {out / 'head.json'}")
+    if collapsed(best):
+        log(f"train align: warning: validation accuracy {best['val_patch_accuracy']:.3f} is under half the share of "
+            f"the commonest label ({best['val_majority_share']:.3f}): the module has likely collapsed onto one "
+            f"prototype; try loss tsupcon_balanced (--set loss=…, align.loss in a run config; README, FMbSeg)")
     return summary
