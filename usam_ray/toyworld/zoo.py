@@ -62,8 +62,9 @@ class TrainSettings:
 
     @classmethod
     def quick(cls) -> "TrainSettings":
-        """A few seconds per model: for tests that only need to see the loss fall."""
-        return cls(pool=60, sam_steps=40, sam_batch=4, sam_prompts=2, sam_prompt_steps=30, sam_prompt_batch=4,
+        """A few seconds per model: for tests that only need to see the loss fall (the prompt
+        fine-tune only runs: a 40-step SAM's decoder knows too little to learn prompts for)."""
+        return cls(pool=60, sam_steps=40, sam_batch=4, sam_prompts=2, sam_prompt_steps=4, sam_prompt_batch=4,
                    sam_prompt_pool=20, clip_steps=80, clip_batch=32,
                    dino_steps=30, dino_batch=4, clip_dense_steps=200, clip_dense_batch=8, clip_dense_lr=3e-3,
                    clip_dense_pool=60)
