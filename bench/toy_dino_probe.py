@@ -23,27 +23,19 @@ from _report import print_results
 
 def features(scenes, dino, clip, sam) -> dict:
     """Per patch of ``scenes``: DINOv2 tokens, the CLIP cut-out target, SAM features, the label."""
-    import torch
+    from usam_ray.toyworld.toy_dino import dino_patch_features, patch_labels, teacher_targets
 
-    from usam_ray.toyworld.toy_dino import _cutout_embeddings, dino_patch_features, patch_instances, patch_labels
-
-    out: dict = {"dino": [], "clip cut-out target": [], "sam": [], "y": []}
+    sam_features, cutouts, owners = teacher_targets(scenes, sam, clip)
+    out: dict = {"dino": [], "clip cut-out target": [], "y": []}
     for i in range(0, len(scenes), 50):
-        part = scenes[i:i + 50]
-        images = np.stack([s.image for s in part])
+        images = np.stack([s.image for s in scenes[i:i + 50]])
         out["dino"].append(dino_patch_features(dino, images).numpy().reshape(-1, dino.config.hidden_size))
-        with torch.no_grad():
-            x = sam.preprocess(torch.as_tensor(images).permute(0, 3, 1, 2).float())
-            out["sam"].append(sam.image_encoder(x).flatten(2).transpose(1, 2).flatten(0, 1).numpy())
-            cutouts = _cutout_embeddings(torch, clip, part).numpy()
-        offsets = np.cumsum([0] + [len(s.instances) for s in part])
-        for b, s in enumerate(part):
-            owner = patch_instances(s)
-            target = np.zeros((len(owner), cutouts.shape[1]), np.float32)
-            target[owner >= 0] = cutouts[owner[owner >= 0] + offsets[b]]
-            out["clip cut-out target"].append(target)
-            out["y"].append(patch_labels(s.semantic))
-    return {k: np.concatenate(v) for k, v in out.items()}
+    for s, cut, owner in zip(scenes, cutouts, owners):
+        target = np.zeros((len(owner), cut.shape[1]), np.float32)
+        target[owner >= 0] = cut.numpy()[owner[owner >= 0]]
+        out["clip cut-out target"].append(target)
+        out["y"].append(patch_labels(s.semantic))
+    return {"sam": sam_features.flatten(0, 1).numpy(), **{k: np.concatenate(v) for k, v in out.items()}}
 
 
 def main() -> None:
