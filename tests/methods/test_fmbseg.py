@@ -129,7 +129,7 @@ def test_refinement_votes_inside_sam_masks_and_instances_are_components():
 def test_label_image_base_is_the_nearest_prototype_and_refined_fixes_a_stray_patch():
     from usam_ray.config import LabelSettings
     from usam_ray.heads.align import AlignmentHead
-    from usam_ray.methods.fmbseg import label_image, training_masks
+    from usam_ray.methods.fmbseg import label_image, label_image_variants, training_masks
 
     protos = F.normalize(torch.eye(3), dim=-1)  # background, class 0, class 1
     head = AlignmentHead(3, 3, "linear")
@@ -151,6 +151,11 @@ def test_label_image_base_is_the_nearest_prototype_and_refined_fixes_a_stray_pat
                    data={"iou_pred": np.ones(1, np.float32)})
     _inst, refined = label_image(head, protos, feats, 32, 32, auto, settings)
     assert (refined[16:, 16:] == 2).all() and (refined[:16] == sem[:16]).all()
+    # refined and base from one pass (label --refined --base-out): the same as one call each
+    (inst_r, both_r), (inst_b, both_b) = label_image_variants(head, protos, feats, 32, 32, [auto, None], settings)
+    assert (both_r == refined).all() and (both_b == sem).all() and not (both_r == both_b).all()
+    assert inst_b.masks == inst.masks and np.allclose(inst_b.scores, inst.scores)
+    assert len(inst_r) == len(_inst) and np.allclose(inst_r.scores, _inst.scores)
     # training masks: every 1.1 mask, a seeded share of 1.2
     stage = np.array([11, 12, 12, 12, 12, 11], np.int8)
     keep = training_masks("img.png", stage, 0.5, 0)

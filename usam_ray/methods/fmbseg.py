@@ -376,14 +376,29 @@ def label_image(head, prototypes, features, height: int, width: int, auto: Optio
     Returns:
         (instances MaskSet, 0-based ``class_ids``; semantic (H, W) uint8, 0 = background).
     """
+    return label_image_variants(head, prototypes, features, height, width, [auto], settings, temperature)[0]
+
+
+def label_image_variants(head, prototypes, features, height: int, width: int, autos: list[Optional[MaskSet]],
+                         settings: Optional[LabelSettings] = None,
+                         temperature: float = 0.1) -> list[tuple[MaskSet, np.ndarray]]:
+    """``label_image`` once per entry of ``autos`` (None: the base labels; a MaskSet: refined by
+    it) from one pass of the module and one interpolation (refined and base labels of an image
+    together cost one).
+
+    Returns:
+        one (instances, semantic) per entry of ``autos``, in order.
+    """
     settings = settings or LabelSettings()
     grid = int(round(features.shape[0] ** 0.5))
     sim = dense_scores(head, features, prototypes, grid, height, width)  # (K, H, W)
-    semantic = sim.argmax(0).cpu().numpy().astype(np.uint8)
-    if auto is not None:
-        semantic = refine_with_masks(semantic, automatic_masks(auto, settings))
+    base = sim.argmax(0).cpu().numpy().astype(np.uint8)
     probs = (sim / temperature).softmax(0).cpu().numpy()
-    return instances_from_map(semantic, probs, settings.min_area), semantic
+    out = []
+    for auto in autos:
+        semantic = base if auto is None else refine_with_masks(base, automatic_masks(auto, settings))
+        out.append((instances_from_map(semantic, probs, settings.min_area), semantic))
+    return out
 
 
 def refine_with_masks(semantic: np.ndarray, auto: MaskSet, min_vote: float = 0.5) -> np.ndarray:

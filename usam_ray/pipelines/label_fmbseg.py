@@ -161,7 +161,7 @@ class FmbsegLabelStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pickle
 
-        from ..methods.fmbseg import dino_features, label_image
+        from ..methods.fmbseg import dino_features, label_image_variants
 
         require_columns("label fmbseg", batch, self.INPUT)
         n = len(batch["image_id"])
@@ -185,17 +185,15 @@ class FmbsegLabelStage:
         for k, i in enumerate(ok):
             image_id, path = str(batch["image_id"][i]), str(batch["path"][i])
             try:
-                inst, sem = label_image(self.head, self.prototypes, feats[k], *originals[i], autos.get(i), self.settings)
-                if self.base_too:
-                    base = LabelledImage(image_id, path, *label_image(self.head, self.prototypes, feats[k],
-                                                                      *originals[i], None, self.settings))
+                labels = label_image_variants(self.head, self.prototypes, feats[k], *originals[i],
+                                              [autos.get(i)] + ([None] if self.base_too else []), self.settings)
             except Exception as exc:
                 out["error_type"][i], out["error_stage"][i] = type(exc).__name__, "label"
                 out["message"][i] = f"{batch['path'][i]}: FMbSeg labelling failed: {exc}"
                 continue
-            rows[i] = pickle.dumps(LabelledImage(image_id, path, inst, sem))
+            rows[i] = pickle.dumps(LabelledImage(image_id, path, *labels[0]))
             if self.base_too:
-                bases[i] = pickle.dumps(base)
+                bases[i] = pickle.dumps(LabelledImage(image_id, path, *labels[1]))
         out["row"], out["base"] = object_column(rows), object_column(bases)
         return out
 
