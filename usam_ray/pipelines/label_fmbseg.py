@@ -29,7 +29,7 @@ from ..progress import Progress
 from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from .label import STAGE, LabelSummary
 from .label_stage import LabelledImage, write_labelled_shard
-from .stages import object_column, read_images, require_columns, write_errors
+from .stages import error_rows, object_column, read_images, require_columns, write_errors
 
 
 @dataclass
@@ -220,8 +220,7 @@ def write_label_batch(batch: dict[str, np.ndarray], labels_dir: str, classes: li
     def rows(skip: frozenset, column: str) -> tuple[list, list[dict]]:
         keep = [i for i in range(len(failed)) if batch["image_id"][i] not in skip]
         return ([pickle.loads(batch[column][i]) for i in keep if not failed[i]],
-                [{"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
-                  "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in keep if failed[i]])
+                error_rows(batch, [i for i in keep if failed[i]]))
 
     skip_main: frozenset = frozenset()
     if base is not None:  # an error is an error of both outputs

@@ -28,7 +28,7 @@ from ..models.sam import spec_with_arch
 from ..progress import Progress
 from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stalled
 from ..types import Ontology
-from .stages import object_column, read_images, require_columns, write_errors
+from .stages import error_rows, object_column, read_images, require_columns, write_errors
 
 STAGE = "pseudo"
 FEATURES = "features"
@@ -196,10 +196,7 @@ def write_pseudo_batch(batch: dict[str, np.ndarray], stage_dir: str, features_di
         write_shard(features_table([str(batch["image_id"][i]) for i in ok], [batch["features"][i] for i in ok]),
                     Path(features_dir) / name, shard_metadata("features", fingerprint, models))
     if len(bad):
-        write_errors(Path(stage_dir), [
-            {"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
-             "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
-        ], fingerprint, models)
+        write_errors(Path(stage_dir), error_rows(batch, bad), fingerprint, models)
     return {"shard": object_column([name]), "rows": np.array([len(ok)]), "masks": np.array([masks]),
             "errors": np.array([len(bad)])}
 

@@ -33,7 +33,7 @@ from ..runtime import init_ray, plan_model_pool, quiet_ray_data, rows_until_stal
 from .label import LabelSummary
 from .label_fmbseg import labelled_ids, write_labelled_and_errors
 from .label_stage import LabelledImage, write_labelled_shard
-from .stages import object_column, read_images, require_columns, write_errors
+from .stages import error_rows, object_column, read_images, require_columns, write_errors
 
 STAGE = "refine"
 
@@ -198,10 +198,8 @@ def write_refine_batch(batch: dict[str, np.ndarray], targets: list[dict]) -> dic
         mine = [(i, r[j]) for i, r in enumerate(results) if r[j][0] != "skip"]
         images = [r[1] for _, r in mine if r[0] == "ok"]
         lros = [r[2] for _, r in mine if r[0] == "ok" and r[2] is not None]
-        errors = [{"image_id": batch["image_id"][i], "path": batch["path"][i],
-                   **({"stage": batch["error_stage"][i], "error_type": batch["error_type"][i],
-                       "message": batch["message"][i]} if r[0] == "read" else
-                      {"stage": "refine", "error_type": r[1], "message": r[2]})}
+        errors = [{**error_rows(batch, [i])[0],
+                   **({} if r[0] == "read" else {"stage": "refine", "error_type": r[1], "message": r[2]})}
                   for i, r in mine if r[0] in ("read", "error")]
         if t["lro_dir"] is not None and lros:
             write_labelled_shard(Path(t["lro_dir"]), shard_name(im.image_id for im in lros), lros, t["classes"],

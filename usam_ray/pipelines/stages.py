@@ -247,10 +247,7 @@ class ShardWriteStage:
             table = embeddings_table(sub, self.token_dim)
             write_shard(table, self.stage_dir / name, shard_metadata("embeddings", self.fingerprint, self.models))
         if len(bad):
-            write_errors(self.stage_dir, [
-                {"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
-                 "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in bad
-            ], self.fingerprint, self.models)
+            write_errors(self.stage_dir, error_rows(batch, bad), self.fingerprint, self.models)
         compile_s = float(np.max(batch["compile_s"])) if "compile_s" in batch and len(batch["compile_s"]) else 0.0
         return {"shard": object_column([name]), "rows": np.array([len(ok)]), "errors": np.array([len(bad)]),
                 "compile_s": np.array([compile_s])}
@@ -261,6 +258,13 @@ def write_shard_batch(batch: dict[str, np.ndarray], stage_dir: str, fingerprint:
     """``ShardWriteStage`` as a plain function, so Ray Data runs it as CPU tasks that the model
     actors never wait for (shard names derive from the ids, so writers never collide)."""
     return ShardWriteStage(stage_dir, fingerprint, models, token_dim)(batch)
+
+
+def error_rows(batch: dict[str, np.ndarray], indices) -> list[dict]:
+    """The errors-shard rows (``image_id``, ``path``, ``stage``, ``error_type``, ``message``) of the
+    batch rows ``indices`` (rows whose ``error_type`` is set)."""
+    return [{"image_id": batch["image_id"][i], "path": batch["path"][i], "stage": batch["error_stage"][i],
+             "error_type": batch["error_type"][i], "message": batch["message"][i]} for i in indices]
 
 
 def write_errors(stage_dir: Path, rows: list[dict], fingerprint: str, models: dict[str, str]) -> str:
