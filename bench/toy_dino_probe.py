@@ -4,9 +4,10 @@ fitted on 300 scenes of the probe seed, scored on 200 held-out scenes of seed 2,
 class's recall, on
 
 - the shipped toy DINOv2's patch tokens (``dino:toy``);
-- its distillation target: the toy CLIP's embedding of each object's cut-out placed on the
-  patches the object covers (zero elsewhere), as ``toy_dino.train_dino`` builds it;
-- the toy SAM's image-encoder features (the other distillation target).
+- its distillation target: the toy CLIP's embedding of each object's cut-out (averaged over the
+  image's channel orders) placed on the patches the object covers (zero elsewhere), as
+  ``toy_dino.train_dino`` builds it;
+- the toy SAM's image-encoder features (the other distillation target, averaged the same way).
 
     python bench/toy_dino_probe.py [--json]
 """

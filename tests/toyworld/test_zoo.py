@@ -2,19 +2,22 @@
 a shortened training run shows every loss falling."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from usam_ray.cli import app
 from usam_ray.models.registry import resolve, shipped_zoo
-from usam_ray.toyworld.zoo import TrainSettings, train_zoo
+from usam_ray.toyworld.zoo import TrainSettings, redistil_dino, train_zoo
 
 # Floors, set from what the shipped zoo measured on 200 held-out scenes (see quality.json and the
 # README) with a margin; never lowered to make a test pass.
 SAM_IOU_FLOOR = 0.70  # measured 0.749
 CLIP_ACCURACY_FLOOR = 0.60  # measured 0.732 (chance 0.2)
-DINO_BALANCED_FLOOR = 0.45  # measured 0.549 (class-balanced probe); the SAM-only distillation 0.392; chance 0.167
+# measured 0.600 on 200 held-out scenes, 0.588 on this test's 120 (class-balanced probe); before the colour-blind
+# distillation 0.549, the SAM-only one 0.392; chance 0.167
+DINO_BALANCED_FLOOR = 0.55
 SAM_BOX_FLOOR = 0.60  # measured 0.672 (box + points, UO-SAM's first pass); 0.661 with the mask prompt
 
 
@@ -78,3 +81,28 @@ def test_prompt_finetune_learns_boxes_without_touching_points():
     print(f"prompt fine-tune loss {first:.3f} -> {last:.3f}")
     assert last < 0.85 * first, (first, last)
     assert all(torch.equal(p, frozen[n]) for n, p in sam.named_parameters() if n in frozen)
+
+
+@pytest.mark.slow
+def test_dino_only_run_keeps_the_source_sam_and_clip_and_writes_a_loadable_zoo(tmp_path):
+    """`toy train-zoo --dino-only`: the SAM and CLIP files are the source's byte for byte, the new
+    DINOv2 loads through the registry from the new folder, its loss fell, its figures are new."""
+    from usam_ray.models.dino import load_dino
+    from usam_ray.models.registry import get_spec
+
+    source = shipped_zoo()
+    q = redistil_dino(source, tmp_path / "zoo", TrainSettings.quick(), log=lambda _l: None, eval_scenes=10)
+    for name in ("sam:toy", "clip:toy"):
+        local = get_spec(name).local_name
+        files = [p.relative_to(source) for p in (source / local).rglob("*")] if (source / local).is_dir() else [Path(local)]
+        for f in files:
+            if (source / f).is_file():
+                assert (tmp_path / "zoo" / f).read_bytes() == (source / f).read_bytes(), f
+    dino = resolve("dino:toy", tmp_path / "zoo")
+    assert dino.location.startswith(str(tmp_path))
+    assert load_dino(dino).model.config.hidden_size > 0
+    first, last = q["loss_first_last"]["dino"]
+    assert last < 0.9 * first
+    assert q["held_out_scenes"] == 10 and q["settings"]["dino_steps"] == TrainSettings.quick().dino_steps
+    with pytest.raises(ValueError, match="elsewhere"):
+        redistil_dino(tmp_path / "zoo", tmp_path / "zoo", TrainSettings.quick(), log=lambda _l: None)

@@ -614,15 +614,31 @@ def toy_objects(
 def toy_train_zoo(
     out: Path = typer.Option(Path("toy-zoo"), "--out", "-o", metavar="DIR", help="Folder to write the trained models into."),
     quick: bool = typer.Option(False, "--quick", help="Seconds instead of minutes (for trying the command)."),
+    dino_only: bool = typer.Option(False, "--dino-only", help="Only distil a new DINOv2, from the SAM and CLIP of "
+                                   "--from (copied to --out unchanged): the last step of the full training alone."),
+    source: Optional[Path] = typer.Option(None, "--from", metavar="DIR", help="With --dino-only: the zoo whose SAM "
+                                          "and CLIP to distil from [default: the shipped zoo]."),
 ) -> None:
     """Train the toy SAM, CLIP and DINOv2 on toy scenes (seeded) and print their quality figures.
 
-    The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings.
+    The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings
+    (its DINOv2 last by `--dino-only` from the shipped SAM and CLIP: see its quality.json).
     """
-    from ..toyworld.zoo import TrainSettings, train_zoo
+    from ..models.registry import ModelNotFoundError, shipped_zoo
+    from ..models.sam import CheckpointError
+    from ..toyworld.zoo import TrainSettings, redistil_dino, train_zoo
 
-    quality = train_zoo(out, TrainSettings.quick() if quick else TrainSettings(),
-                        log=lambda line: typer.echo(line, err=True))
+    settings = TrainSettings.quick() if quick else TrainSettings()
+    log = lambda line: typer.echo(line, err=True)  # noqa: E731
+    if source is not None and not dino_only:
+        _fail("--from goes with --dino-only (the full training makes its own SAM and CLIP)")
+    if dino_only:
+        try:
+            quality = redistil_dino(source or shipped_zoo(), out, settings, log=log)
+        except (ValueError, ModelNotFoundError, CheckpointError) as exc:
+            _fail(str(exc))
+    else:
+        quality = train_zoo(out, settings, log=log)
     _print_quality(quality)
 
 
@@ -654,7 +670,8 @@ def _print_quality(quality: dict) -> None:
                f"{quality['dino_probe_patch_accuracy']:.3f} / {quality['dino_probe_balanced_accuracy']:.3f}")
     typer.echo(f"on {quality['held_out_scenes']} held-out scenes (seed {quality['held_out_seed']})")
     typer.echo("dino:toy was distilled without labels from the toy SAM's feature map (every patch) and the toy "
-               "CLIP's embeddings of object cut-outs (patches an object covers): see toyworld/toy_dino.py")
+               "CLIP's embeddings of object cut-outs (patches an object covers), blind to colour (targets averaged "
+               "over the six RGB channel orders, each image shown in a random one): see toyworld/toy_dino.py")
 
 
 @config_app.command("show")

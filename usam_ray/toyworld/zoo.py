@@ -51,7 +51,7 @@ class TrainSettings:
     clip_steps: int = 1500
     clip_batch: int = 96
     clip_lr: float = 1e-3
-    dino_steps: int = 1600
+    dino_steps: int = 6400
     dino_batch: int = 24
     dino_lr: float = 2e-3
     dino_clip_weight: float = 3.0
@@ -72,9 +72,9 @@ class TrainSettings:
 
 def save_zoo(out: Path, sam, clip, tokenizer, dino, quality: dict) -> None:
     """Write the three models in their real formats plus ``usam-ray-models.json`` and ``quality.json``."""
-    from transformers import BitImageProcessor, CLIPImageProcessor
+    from transformers import CLIPImageProcessor
 
-    from ..models.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, MANIFEST, get_spec
+    from ..models.registry import CLIP_MEAN, CLIP_STD, MANIFEST, get_spec
     from ..models.sam import save_sam
 
     out = Path(out)
@@ -86,19 +86,33 @@ def save_zoo(out: Path, sam, clip, tokenizer, dino, quality: dict) -> None:
     tokenizer.save_pretrained(clip_dir)
     CLIPImageProcessor(size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE},
                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(clip_dir)
-    dino_dir = out / get_spec("dino:toy").local_name
-    dino.save_pretrained(dino_dir)
-    BitImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128}, do_center_crop=True,
-                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(dino_dir)
+    _save_dino(out, dino)
     (out / MANIFEST).write_text(json.dumps({"defaults": {"sam": "sam:toy", "clip": "clip:toy", "dino": "dino:toy"}},
                                            indent=2))
     (out / "quality.json").write_text(json.dumps(quality, indent=2))
 
 
+def _save_dino(out: Path, dino) -> None:
+    from transformers import BitImageProcessor
+
+    from ..models.registry import IMAGENET_MEAN, IMAGENET_STD, get_spec
+
+    dino_dir = Path(out) / get_spec("dino:toy").local_name
+    dino.save_pretrained(dino_dir)
+    BitImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128}, do_center_crop=True,
+                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(dino_dir)
+
+
+def _ends(curve: list[float]) -> list[float]:
+    """Mean of the first and of the last tenth of a loss curve."""
+    k = max(1, len(curve) // 10)
+    return [float(np.mean(curve[:k])), float(np.mean(curve[-k:]))]
+
+
 def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callable[[str], None] = print,
               eval_scenes: int = 200) -> dict:
-    """Train SAM, then CLIP, then DINOv2 (distilled from that SAM and CLIP), then fine-tune CLIP's
-    dense features; measure each, save to ``out``.
+    """Train SAM (then its prompt-only fine-tune), then CLIP (then its dense features), then
+    DINOv2 distilled from that SAM and CLIP; measure each, save to ``out``.
 
     Returns:
         quality figures and per-model loss curves' first/last means.
@@ -117,23 +131,80 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
                                               settings.sam_prompt_lr, TRAIN_SEED + 6, log)
     clip, tok, clip_losses = train_clip(pool, settings.clip_steps, settings.clip_batch, settings.clip_lr,
                                         TRAIN_SEED + 2, log)
-    dino, dino_losses = train_dino(pool, sam, clip, settings.dino_steps, settings.dino_batch, settings.dino_lr,
-                                   TRAIN_SEED + 3, log, settings.dino_clip_weight)
-    # after the DINOv2 distillation (it distils the crop-trained CLIP): teach CLIP's patches what they show
+    # teach CLIP's patches what they show (FMbSeg's dense features); its crop embeddings move little
     clip, dense_losses = finetune_dense(clip, tok, pool[:settings.clip_dense_pool], settings.clip_dense_steps,
                                         settings.clip_dense_batch, settings.clip_dense_lr, TRAIN_SEED + 5, log)
+    # last, from the SAM and the CLIP that ship: what ``redistil_dino`` repeats alone
+    dino, dino_losses = _distil_dino(pool, sam, clip, settings, log)
     quality = measure(sam, clip, tok, dino, held_out, scene_pool(min(300, settings.pool), PROBE_SEED))
-
-    def ends(curve: list[float]) -> list[float]:
-        k = max(1, len(curve) // 10)
-        return [float(np.mean(curve[:k])), float(np.mean(curve[-k:]))]
-
     quality.update({"train_seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-                    "loss_first_last": {"sam": ends(sam_losses), "sam_prompts": ends(prompt_losses), "clip": ends(clip_losses), "dino": ends(dino_losses),
-                                        "clip_dense": ends(dense_losses)},
+                    "loss_first_last": {"sam": _ends(sam_losses), "sam_prompts": _ends(prompt_losses),
+                                        "clip": _ends(clip_losses), "clip_dense": _ends(dense_losses),
+                                        "dino": _ends(dino_losses)},
                     "settings": settings.__dict__})
     save_zoo(out, sam, clip, tok, dino, quality)
     log(f"toy zoo: written to {out} in {quality['train_seconds']}s")
+    return quality
+
+
+def _distil_dino(pool: list[Scene], sam, clip, settings: TrainSettings, log: Callable[[str], None]):
+    return train_dino(pool, sam, clip, settings.dino_steps, settings.dino_batch, settings.dino_lr, TRAIN_SEED + 3,
+                      log, settings.dino_clip_weight)
+
+
+def redistil_dino(source: Path, out: Path, settings: TrainSettings = TrainSettings(),
+                  log: Callable[[str], None] = print, eval_scenes: int = 200) -> dict:
+    """``train_zoo``'s last step alone: distil a new DINOv2 from the SAM and CLIP of the zoo in
+    ``source`` (the same pool, seed and settings) and write a zoo to ``out``: ``source``'s SAM and
+    CLIP files copied unchanged, the new DINOv2, and ``quality.json`` with every figure measured
+    again (``source``'s loss curves and settings kept, the DINOv2's replaced).
+
+    Raises:
+        ValueError: ``out`` is ``source``.
+    """
+    import shutil
+
+    import torch
+
+    from ..models.clip import load_clip
+    from ..models.registry import MANIFEST, get_spec, resolve, shipped_zoo
+    from ..models.sam import load_sam
+
+    source, out = Path(source), Path(out)
+    if source.resolve() == out.resolve():
+        raise ValueError(f"--out {out} is the zoo the SAM and CLIP are read from: write the new zoo elsewhere")
+    t0 = time.time()
+    sam = load_sam(resolve("sam:toy", source)).eval()
+    clip = load_clip(resolve("clip:toy", source))
+    log(f"toy zoo: distilling a new DINOv2 from the SAM and CLIP in {source}; generating {settings.pool} "
+        f"training scenes (seed {TRAIN_SEED})")
+    pool = scene_pool(settings.pool, TRAIN_SEED)
+    dino, dino_losses = _distil_dino(pool, sam, clip.model, settings, log)
+    quality = json.loads((source / "quality.json").read_text()) if (source / "quality.json").is_file() else {}
+    quality.update(measure(sam, clip.model, clip.tokenizer, dino, scene_pool(eval_scenes, EVAL_SEED),
+                           scene_pool(min(300, settings.pool), PROBE_SEED)))
+    quality.setdefault("loss_first_last", {})["dino"] = _ends(dino_losses)
+    quality.setdefault("settings", {}).update({k: v for k, v in settings.__dict__.items() if k.startswith("dino")})
+    quality["dino_distillation"] = {"seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+                                    "threads": torch.get_num_threads(),
+                                    "note": "`usam-ray toy train-zoo --dino-only` from the SAM and CLIP of "
+                                            + ("the shipped zoo" if source.resolve() == shipped_zoo().resolve()
+                                               else str(source))}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("sam:toy", "clip:toy"):
+        local = get_spec(name).local_name
+        if (source / local).is_dir():
+            shutil.copytree(source / local, out / local, dirs_exist_ok=True)
+            continue
+        shutil.copy2(source / local, out / local)
+        arch = f"{Path(local).stem}.json"  # the SAM's architecture file
+        if (source / arch).is_file():
+            shutil.copy2(source / arch, out / arch)
+    if (source / MANIFEST).is_file():
+        shutil.copy2(source / MANIFEST, out / MANIFEST)
+    _save_dino(out, dino)
+    (out / "quality.json").write_text(json.dumps(quality, indent=2))
+    log(f"toy zoo: written to {out} in {quality['dino_distillation']['seconds']}s")
     return quality
 
 
