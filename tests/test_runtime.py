@@ -1,16 +1,18 @@
 """Pool planning (pure) over node shapes, and one private Ray instance per command."""
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 
 import pytest
 
 from conftest import write_images
 from usam_ray.data.shards import read_column
-from usam_ray.runtime import plan_cpu_pool, plan_pools
+from usam_ray.runtime import StageStalled, plan_cpu_pool, plan_pools, rows_until_stalled, stall_guard
 
 SHAPES = list(itertools.product([1, 2, 4, 16, 64], [0, 1, 2, 8]))
 
@@ -79,3 +81,55 @@ def test_cpu_pool_leaves_room_for_its_feeders(cpus):
     size, each = plan_cpu_pool(cpus)
     assert size >= 1 and 0 < each <= 1
     assert size * each <= cpus - min(1.0, cpus / (size + 1)) + 1e-9  # one feeding task always fits
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _stalling(rows: list, release: threading.Event, logged: threading.Event):
+    """Yields ``rows``, then waits (a stalled pipeline); once released, logs as Ray Data's executor
+    does when Ray is shut down under it, and would go on."""
+    yield from rows
+    release.wait(30)
+    logging.getLogger("ray.data._internal.stats").warning("Ray is not initialized (from the stalled thread)")
+    logged.set()
+    yield "late"
+
+
+def test_a_stalled_stage_ends_with_the_rows_that_came_and_its_thread_is_left_quiet(monkeypatch):
+    from ray._private import auto_init_hook
+
+    monkeypatch.setattr(auto_init_hook, "enable_auto_connect", True)  # restored afterwards
+    records = _Records()
+    logger = logging.getLogger("ray.data")
+    logger.addHandler(records)
+    try:
+        release, logged = threading.Event(), threading.Event()
+        got = []
+        with pytest.raises(StageStalled, match=r"^embed: no image finished in 0.3s \(runtime.stall_timeout_s\)"):
+            for row in stall_guard(_stalling([1, 2], release, logged), 0.3, "embed"):
+                got.append(row)
+        assert got == [1, 2]
+        assert auto_init_hook.enable_auto_connect is False  # the thread cannot start or join a Ray of its own
+        release.set()
+        assert logged.wait(10)
+        logging.getLogger("ray.data._internal.stats").warning("from the main thread")
+        assert records.messages == ["from the main thread"]  # the stalled thread's warning dropped, ours kept
+    finally:
+        logger.removeHandler(records)
+
+
+def test_rows_until_stalled_logs_the_stall_and_ends_and_a_zero_timeout_never_stalls():
+    release, logged = threading.Event(), threading.Event()
+    lines: list[str] = []
+    assert list(rows_until_stalled(_stalling(["a"], release, logged), 0.2, "label", lines.append)) == ["a"]
+    assert len(lines) == 1 and lines[0].startswith("label: no image finished in 0.2s") and "re-run to continue" in lines[0]
+    release.set()
+    assert list(stall_guard(iter([1, 2, 3]), 0, "embed")) == [1, 2, 3]
+    assert list(stall_guard(iter([1, 2, 3]), 5, "embed")) == [1, 2, 3]

@@ -29,6 +29,10 @@ MAP50_FLOOR = 0.18
 MAX_LINES = 75
 #: figures across torch/numpy versions and CPUs may move a little; on one machine they repeat exactly
 README_TOLERANCE = 1.0  # percentage points
+#: rows labelled by a trained U-SAM head: another CPU's float rounding in the SAM embeddings (~1e-5) moves
+#: the heads' training; annealed (the demo's cosine schedule) it moved these rows by up to 1.2 points
+#: between this machine and CI's (4.7 at the constant rate), 1.5 in bench/usam_float_noise.py
+USAM_ROWS_TOLERANCE = 2.5
 RAY_NOISE = re.compile(r"core_worker\.cc|PlacementGroupCleaner|\(pid=|Dataset .* execution finished|"
                        r"RayDeprecationWarning|Loading weights|Checkpoint successfully|Traceback")
 
@@ -95,14 +99,16 @@ def test_usam_beats_floors_and_baselines(demo):
 
 
 def test_the_readme_shows_what_the_demo_prints(demo):
-    """The seeded demo is reproducible: the README's table is what it prints (within a stated
-    tolerance for other library versions; exactly on the versions the README names)."""
+    """The seeded demo is reproducible: the README's table is what it prints (exactly on one machine;
+    within stated tolerances for other library versions and CPUs, wider for the rows a trained U-SAM
+    head labels)."""
     _out, stdout, _ = demo
     readme = (ROOT / "README.md").read_text().split("<!-- demo-table -->", 1)[1].split("```", 2)[1]
     expected, printed = parse_table(readme), parse_table(stdout)
     assert expected and set(expected) == set(printed)
     for name in expected:
-        np.testing.assert_allclose(printed[name], expected[name], atol=README_TOLERANCE, err_msg=name)
+        tolerance = USAM_ROWS_TOLERANCE if name.startswith("U-SAM") else README_TOLERANCE
+        np.testing.assert_allclose(printed[name], expected[name], atol=tolerance, err_msg=name)
 
 
 def test_outputs_are_consistent(demo):

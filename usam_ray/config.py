@@ -293,6 +293,9 @@ class TrainUsamConfig(_Section):
     epochs: int = Field(10, ge=1, description="Epochs of each phase (teacher, then student).")
     batch_size: int = Field(64, ge=1, description="Images (bags) per step (paper: 64).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (paper: 1e-3).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (the paper's) or cosine: annealed to 0 over each phase's steps."
+    )
     a: float = Field(10.0, gt=0, description="MIL top-k divisor: k = max(1, ceil(d / a)) of d masks per image.")
     tau: Optional[float] = Field(None, description="Entropy threshold of the bad set; default 0.5·log C.")
     lambda_mil: float = Field(1.0, ge=0, description="Weight of the MIL loss in the student loss (λ1).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -40,7 +41,6 @@ def stall_guard(rows: Iterable[T], timeout_s: float, stage: str) -> Iterator[T]:
         yield from rows
         return
     import queue
-    import threading
 
     box: "queue.Queue[tuple[str, Any]]" = queue.Queue(maxsize=2)
 
@@ -52,11 +52,13 @@ def stall_guard(rows: Iterable[T], timeout_s: float, stage: str) -> Iterator[T]:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box.put(("error", exc))
 
-    threading.Thread(target=pump, name=f"usam-ray-{stage}-rows", daemon=True).start()
+    pumping = threading.Thread(target=pump, name=f"usam-ray-{stage}-rows", daemon=True)
+    pumping.start()
     while True:
         try:
             kind, value = box.get(timeout=timeout_s)
         except queue.Empty:
+            abandon_thread(pumping)
             raise StageStalled(f"{stage}: no image finished in {timeout_s:g}s (runtime.stall_timeout_s) — a node may "
                                f"have been lost or the cluster is short of what the stage reserved ({_now_has()}); "
                                "the shards written are kept: re-run to continue") from None
@@ -65,6 +67,36 @@ def stall_guard(rows: Iterable[T], timeout_s: float, stage: str) -> Iterator[T]:
         if kind == "error":
             raise value
         yield value
+
+
+class _DropThread(logging.Filter):
+    """Drops the log records of one thread (handlers run in the thread that logs; the thread object
+    is compared, not its id, which a later thread may reuse)."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return threading.current_thread() is not self.thread
+
+
+def abandon_thread(thread: threading.Thread) -> None:
+    """Leave a stalled iteration thread behind quietly: what it logs is dropped from then on (once
+    the command shuts Ray down under it, Ray Data's executor logs a traceback per metrics update),
+    and Ray's auto-connect is turned off in this process, so that the thread cannot start a Ray
+    instance of its own (or join the cluster again) after the stage ended as incomplete. Every
+    usam-ray command starts or joins Ray explicitly (``init_ray``)."""
+    drop = _DropThread(thread)
+    for name in ("", "ray", "ray.data", "ray.train"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(drop)
+    try:
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False  # what RAY_ENABLE_AUTO_CONNECT=0 sets at import
+    except (ImportError, AttributeError):  # another Ray: the thread may log, nothing is lost
+        pass
 
 
 def rows_until_stalled(rows: Iterable[T], timeout_s: float, stage: str, log: Callable[[str], None]) -> Iterator[T]:

@@ -65,6 +65,7 @@ def test_teacher_and_student_learn_instance_classes_from_image_labels(tmp_path, 
     teacher_losses = [m["mil"] for m in summary["metrics"] if m["phase"] == "teacher"]
     assert teacher_losses[-1] < teacher_losses[0]
     assert all(m["unc"] > 0 for m in summary["metrics"] if m["phase"] == "student")
+    assert {m["lr"] for m in summary["metrics"]} == {cfg.lr}  # the paper's constant rate by default
     xt, _y, truth = _bags(np.random.default_rng(9), 200, centres)
     for name in ("teacher.pt", "student.pt", "best.pt"):
         head, ckpt = load_head(tmp_path / "head" / name)
@@ -89,14 +90,15 @@ def test_class_list_checks(tmp_path):
 def test_training_is_reproducible_whatever_the_shard_layout_and_keeps_two_checkpoints(tmp_path, ray_session):
     """The same embeddings in other shards (another run's write order) train the same heads: bags
     are ordered by image id and each epoch's order comes from the seed. Ray Train keeps the best
-    and the last checkpoint of each phase, not one per epoch."""
+    and the last checkpoint of each phase, not one per epoch. The cosine schedule anneals each
+    phase's rate from lr towards 0 (the epoch's first step's rate is reported)."""
     centres = np.random.default_rng(5).normal(0, 1, (len(CLASSES), T)) * 2.5
     heads = []
     for run, shard in (("a", 60), ("b", 37)):
         _write_embeddings(tmp_path / run, np.random.default_rng(3), centres, n=120, shard=shard)
         cfg = load_config(TrainUsamConfig, None, [f"embeddings={tmp_path / run / 'embed'}",
                                                   f"out={tmp_path / run / 'head'}", "epochs=4", "batch_size=16",
-                                                  "a=5", "hidden=32", "dropout=0.2"])
+                                                  "a=5", "hidden=32", "dropout=0.2", "lr_schedule=cosine"])
         lines = []
         summary = train_usam(cfg, log=lines.append)
         heads.append({n: load_head(tmp_path / run / "head" / f"{n}.pt")[1] for n in ("teacher", "student", "best")})
@@ -106,6 +108,9 @@ def test_training_is_reproducible_whatever_the_shard_layout_and_keeps_two_checkp
             kept = list((tmp_path / run / "head" / "ray" / phase).glob("checkpoint_*"))
             assert 1 <= len(kept) <= 2, kept
         assert [m["epoch"] for m in summary["metrics"]] == [0, 1, 2, 3] * 2
+        for phase in ("teacher", "student"):  # annealed from lr towards 0 over each phase: 1, cos²(π/8), ½, cos²(3π/8)
+            lrs = [m["lr"] / cfg.lr for m in summary["metrics"] if m["phase"] == phase]
+            np.testing.assert_allclose(lrs, [1.0, 0.8536, 0.5, 0.1464], atol=2e-3)
     for name in ("teacher", "student", "best"):
         a, b = heads[0][name], heads[1][name]
         assert a["epoch"] == b["epoch"]

@@ -144,13 +144,16 @@ def eval_step(model, x, y, config: dict) -> tuple[float, int, int]:
     return loss, correct, len(x)
 
 
-def run_epoch(model, opt, batches, config: dict, teacher=None) -> dict[str, float]:
-    """One pass of ``train_step`` over ``batches`` ((x, y) pairs); the mean of each loss term."""
+def run_epoch(model, opt, batches, config: dict, teacher=None, sched=None) -> dict[str, float]:
+    """One pass of ``train_step`` over ``batches`` ((x, y) pairs), stepping ``sched`` (if any)
+    after each; the mean of each loss term."""
     sums = {"loss": 0.0, "mil": 0.0, "unc": 0.0, "bad_fraction": 0.0}
     steps = 0
     for x, y in batches:
         for k, v in train_step(model, opt, x, y, config, teacher).items():
             sums[k] += v
+        if sched is not None:
+            sched.step()
         steps += 1
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
@@ -204,11 +207,15 @@ def _train_loop(config: dict) -> None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
     steps = steps_everywhere(-(-len(train_idx) // bs))  # every rank steps as often (DDP)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps * config["epochs"]))
+             if config.get("lr_schedule") == "cosine" else None)
     gen = torch.Generator().manual_seed(config["seed"])
     rank0 = ray.train.get_context().get_world_rank() == 0
     for epoch in range(config["epochs"]):
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        metrics = {"phase": config["phase"], "epoch": epoch, **run_epoch(model, opt, batches(order, steps), config, teacher)}
+        lr = opt.param_groups[0]["lr"]  # this epoch's first step's
+        metrics = {"phase": config["phase"], "epoch": epoch, "lr": lr,
+                   **run_epoch(model, opt, batches(order, steps), config, teacher, sched)}
         metrics.update(validate(model, batches(val_idx, -(-len(val_idx) // bs)), config, epoch))
         report_epoch(model, metrics, config, rank0)
 
@@ -241,8 +248,9 @@ def train_usam(cfg, log: Callable[[str], None] = print) -> dict[str, Any]:
                         fn_kwargs={"classes": classes, "prompts": info["prompts"], "token_dim": info["token_dim"],
                                    "val_fraction": cfg.val_fraction})
     config = {"classes": classes, "prompts": info["prompts"], "token_dim": info["token_dim"], "epochs": cfg.epochs,
-              "batch_size": cfg.batch_size, "lr": cfg.lr, "a": cfg.a, "tau": cfg.tau_value(len(classes)),
-              "lambda_mil": cfg.lambda_mil, "lambda_unc": cfg.lambda_unc, "seed": cfg.seed,
+              "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "a": cfg.a,
+              "tau": cfg.tau_value(len(classes)), "lambda_mil": cfg.lambda_mil, "lambda_unc": cfg.lambda_unc,
+              "seed": cfg.seed,
               "head_args": {"in_dim": info["token_dim"], "num_classes": len(classes), "hidden": cfg.hidden,
                             "dropout": cfg.dropout},
               "embeddings": {"fingerprint": info["fingerprint"], "models": info["models"]}}
