@@ -104,7 +104,8 @@ def main() -> None:
                 for i, metric in enumerate(("miou", "map50")):
                     results[f"{schedule} {head} {metric}"] = f"{base[head][i]:.2f} -> {nudged[head][i]:.2f}"
                     results[f"{schedule} {head} {metric} moved"] = round(abs(nudged[head][i] - base[head][i]), 2)
-            shutil.rmtree(work / f"{schedule}-base"), shutil.rmtree(work / f"{schedule}-nudged")
+            for run in ("base", "nudged"):
+                shutil.rmtree(work / f"{schedule}-{run}")
     print_results(results, args.json)
 
 

@@ -72,4 +72,6 @@ def test_nms_dense_and_rle_paths_agree_with_plain_greedy(monkeypatch):
     dense = mask_nms(rles, scores, 0.5).tolist()
     monkeypatch.setattr(masks_mod, "DENSE_NMS_BYTES", 0)
     assert dense == mask_nms(rles, scores, 0.5).tolist() == expected
-    assert 1 < len(expected) < 40
+    # what the masks were made to test: the 15 independent random masks overlap nothing above 0.5 (at most
+    # ~0.3), so every one is kept; the 25 noisy copies of one mask overlap each other, so some are suppressed
+    assert set(range(25, 40)) <= set(expected) and len(expected) < 40
