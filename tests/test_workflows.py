@@ -79,18 +79,17 @@ def test_usam_beats_floors_and_baselines(demo):
     assert usam["miou"] > MIOU_FLOOR and usam["map50"] > MAP50_FLOOR
     assert usam["miou"] > sam_clip["miou"] and usam["map50"] > sam_clip["map50"]
     assert usam["miou"] > background["miou"] and background["map50"] == 0.0
-    # FMbSeg's Stage 1 pseudo labels find objects; Stage 2 (the block, balanced TSupCon) labels the same
-    # scenes better than its own pseudo labels (measured 31.27 vs 24.01) and than SAM + CLIP (25.32), and
-    # refining keeps it (32.24)
-    assert rows["fmbseg_stage1"]["miou"] > background["miou"] and rows["fmbseg_stage1"]["map50"] > 0
-    assert rows["fmbseg_stage1"]["miou"] >= rows["fmbseg_stage1_1"]["miou"] - 0.01
-    assert rows["fmbseg"]["miou"] > rows["fmbseg_stage1"]["miou"] + 0.04
-    assert rows["fmbseg"]["miou"] > sam_clip["miou"] + 0.03
-    assert rows["fmbseg_refined"]["miou"] >= rows["fmbseg"]["miou"] - 0.005
-    # UO-SAM raises coarsened ground truth (+5.0 LRO, +8.0 with GRO in the README's run) and FMbSeg's base labels
+    # FMbSeg's Stage 1 pseudo labels score above SAM + CLIP (measured 30.25 vs 24.00) and 1.2's share adds
+    # to 1.1 (26.95); Stage 2 (the block, balanced TSupCon) labels the same scenes better than its own
+    # pseudo labels (39.62) and refining adds to it (42.13)
+    assert rows["fmbseg_stage1"]["miou"] > sam_clip["miou"] + 0.03 and rows["fmbseg_stage1"]["map50"] > 0
+    assert rows["fmbseg_stage1"]["miou"] > rows["fmbseg_stage1_1"]["miou"] + 0.01
+    assert rows["fmbseg"]["miou"] > rows["fmbseg_stage1"]["miou"] + 0.06
+    assert rows["fmbseg_refined"]["miou"] > rows["fmbseg"]["miou"] + 0.01
+    # UO-SAM raises coarsened ground truth (+5.0 LRO, +8.0 with GRO in the README's run); the U-SAM and FMbSeg
+    # labels are above what its prompted toy-SAM masks reach, and it lowers them (the README's table)
     assert rows["coarse_uosam_lro"]["miou"] > rows["coarse"]["miou"] + 0.02
     assert rows["coarse_uosam"]["miou"] > rows["coarse_uosam_lro"]["miou"]
-    assert rows["fmbseg_uosam"]["miou"] > rows["fmbseg"]["miou"]
     assert len({r["report"] for r in rows.values()}) == len(rows)  # each row scored into its own report
     printed = parse_table(stdout)
     assert set(printed) == {r["method"] for r in rows.values()}

@@ -616,25 +616,30 @@ def toy_train_zoo(
     quick: bool = typer.Option(False, "--quick", help="Seconds instead of minutes (for trying the command)."),
     dino_only: bool = typer.Option(False, "--dino-only", help="Only distil a new DINOv2, from the SAM and CLIP of "
                                    "--from (copied to --out unchanged): the last step of the full training alone."),
-    source: Optional[Path] = typer.Option(None, "--from", metavar="DIR", help="With --dino-only: the zoo whose SAM "
-                                          "and CLIP to distil from [default: the shipped zoo]."),
+    clip_dense_only: bool = typer.Option(False, "--clip-dense-only", help="Only fine-tune the dense features of "
+                                         "the CLIP of --from (its SAM and DINOv2 copied to --out unchanged)."),
+    source: Optional[Path] = typer.Option(None, "--from", metavar="DIR", help="With --dino-only or --clip-dense-only: "
+                                          "the zoo to start from [default: the shipped zoo]."),
 ) -> None:
     """Train the toy SAM, CLIP and DINOv2 on toy scenes (seeded) and print their quality figures.
 
-    The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings
-    (its DINOv2 last by `--dino-only` from the shipped SAM and CLIP: see its quality.json).
+    The shipped zoo (usam_ray/toyworld/zoo) was made by this command with the default settings,
+    some steps redone alone later (`--dino-only`, `--clip-dense-only`: see its quality.json).
     """
     from ..models.registry import ModelNotFoundError, shipped_zoo
     from ..models.sam import CheckpointError
-    from ..toyworld.zoo import TrainSettings, redistil_dino, train_zoo
+    from ..toyworld.zoo import TrainSettings, redistil_dino, refinetune_clip_dense, train_zoo
 
     settings = TrainSettings.quick() if quick else TrainSettings()
     log = lambda line: typer.echo(line, err=True)  # noqa: E731
-    if source is not None and not dino_only:
-        _fail("--from goes with --dino-only (the full training makes its own SAM and CLIP)")
-    if dino_only:
+    if dino_only and clip_dense_only:
+        _fail("--dino-only and --clip-dense-only: one step at a time (run the second --from the first's --out)")
+    if source is not None and not (dino_only or clip_dense_only):
+        _fail("--from goes with --dino-only or --clip-dense-only (the full training makes its own models)")
+    if dino_only or clip_dense_only:
         try:
-            quality = redistil_dino(source or shipped_zoo(), out, settings, log=log)
+            quality = (redistil_dino if dino_only else refinetune_clip_dense)(source or shipped_zoo(), out, settings,
+                                                                              log=log)
         except (ValueError, ModelNotFoundError, CheckpointError) as exc:
             _fail(str(exc))
     else:
@@ -666,12 +671,16 @@ def toy_check(
 def _print_quality(quality: dict) -> None:
     typer.echo(f"sam:toy   mean mask IoU (one interior point per instance)   {quality['sam_mean_iou']:.3f}")
     typer.echo(f"clip:toy  zero-shot crop accuracy (5 classes, chance 0.2)   {quality['clip_zero_shot_accuracy']:.3f}")
+    typer.echo(f"clip:toy  dense (FMbSeg Stage 1's 16 crops): patch balanced accuracy (6 classes, chance 0.167)   "
+               f"{quality['clip_dense_balanced_accuracy']:.3f}, class presence precision / recall   "
+               f"{quality['clip_presence_precision']:.3f} / {quality['clip_presence_recall']:.3f}")
     typer.echo(f"dino:toy  class-balanced linear probe, patch accuracy / balanced   "
                f"{quality['dino_probe_patch_accuracy']:.3f} / {quality['dino_probe_balanced_accuracy']:.3f}")
     typer.echo(f"on {quality['held_out_scenes']} held-out scenes (seed {quality['held_out_seed']})")
     typer.echo("dino:toy was distilled without labels from the toy SAM's feature map (every patch) and the toy "
                "CLIP's embeddings of object cut-outs (patches an object covers), blind to colour (targets averaged "
-               "over the six RGB channel orders, each image shown in a random one): see toyworld/toy_dino.py")
+               "over the six RGB channel orders, each image shown in a random one): see toyworld/toy_dino.py; "
+               "clip:toy's patches and crop embeddings were then taught what they show (toyworld/toy_clip.py)")
 
 
 @config_app.command("show")

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.toyscenes import Scene
 from .common import EVAL_SEED, PROBE_SEED, TRAIN_SEED, scene_pool
-from .toy_clip import CLIP_SIZE, clip_quality, finetune_dense, train_clip
+from .toy_clip import CLIP_SIZE, clip_dense_quality, clip_quality, finetune_dense, train_clip
 from .toy_dino import dino_quality, train_dino
 from .toy_sam import TOY_SAM_ARCH, finetune_sam_prompts, sam_prompt_quality, sam_quality, train_sam
 
@@ -55,10 +55,11 @@ class TrainSettings:
     dino_batch: int = 24
     dino_lr: float = 2e-3
     dino_clip_weight: float = 3.0
-    clip_dense_steps: int = 1000
+    clip_dense_steps: int = 1500
     clip_dense_batch: int = 16
-    clip_dense_lr: float = 3e-4
+    clip_dense_lr: float = 1e-3
     clip_dense_pool: int = 600
+    clip_dense_crop_weight: float = 1.0
 
     @classmethod
     def quick(cls) -> "TrainSettings":
@@ -131,9 +132,8 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
                                               settings.sam_prompt_lr, TRAIN_SEED + 6, log)
     clip, tok, clip_losses = train_clip(pool, settings.clip_steps, settings.clip_batch, settings.clip_lr,
                                         TRAIN_SEED + 2, log)
-    # teach CLIP's patches what they show (FMbSeg's dense features); its crop embeddings move little
-    clip, dense_losses = finetune_dense(clip, tok, pool[:settings.clip_dense_pool], settings.clip_dense_steps,
-                                        settings.clip_dense_batch, settings.clip_dense_lr, TRAIN_SEED + 5, log)
+    # teach CLIP's patches and crop embeddings what they show (what FMbSeg's Stage 1 reads from it)
+    clip, dense_losses = _finetune_clip_dense(pool[:settings.clip_dense_pool], clip, tok, settings, log)
     # last, from the SAM and the CLIP that ship: what ``redistil_dino`` repeats alone
     dino, dino_losses = _distil_dino(pool, sam, clip, settings, log)
     quality = measure(sam, clip, tok, dino, held_out, scene_pool(min(300, settings.pool), PROBE_SEED))
@@ -145,6 +145,11 @@ def train_zoo(out: Path, settings: TrainSettings = TrainSettings(), log: Callabl
     save_zoo(out, sam, clip, tok, dino, quality)
     log(f"toy zoo: written to {out} in {quality['train_seconds']}s")
     return quality
+
+
+def _finetune_clip_dense(pool: list[Scene], clip, tok, settings: TrainSettings, log: Callable[[str], None]):
+    return finetune_dense(clip, tok, pool, settings.clip_dense_steps, settings.clip_dense_batch,
+                          settings.clip_dense_lr, TRAIN_SEED + 5, log, crop_weight=settings.clip_dense_crop_weight)
 
 
 def _distil_dino(pool: list[Scene], sam, clip, settings: TrainSettings, log: Callable[[str], None]):
@@ -162,6 +167,51 @@ def redistil_dino(source: Path, out: Path, settings: TrainSettings = TrainSettin
     Raises:
         ValueError: ``out`` is ``source``.
     """
+    def step(sam, clip, pool):
+        dino, losses = _distil_dino(pool, sam, clip.model, settings, log)
+        _save_dino(out, dino)
+        return clip.model, dino, losses
+
+    return _retrain_one(source, out, "dino", ("sam:toy", "clip:toy"), step, settings, log, eval_scenes,
+                        "`usam-ray toy train-zoo --dino-only`")
+
+
+def refinetune_clip_dense(source: Path, out: Path, settings: TrainSettings = TrainSettings(),
+                          log: Callable[[str], None] = print, eval_scenes: int = 200) -> dict:
+    """``train_zoo``'s CLIP dense fine-tune (``finetune_dense``) alone, applied to the CLIP of the
+    zoo in ``source`` (the same pool, seed and settings), written to ``out`` with ``source``'s SAM
+    and DINOv2 copied unchanged and ``quality.json`` measured again (the ``clip_dense`` loss curve
+    and settings replaced). The DINOv2 stays the one distilled from ``source``'s CLIP: ``--dino-only``
+    from ``out`` re-distils it from the new one.
+
+    Raises:
+        ValueError: ``out`` is ``source``.
+    """
+    import shutil
+
+    from ..models.dino import load_dino
+    from ..models.registry import get_spec, resolve
+
+    source, out = Path(source), Path(out)
+
+    def step(sam, clip, pool):
+        model, losses = _finetune_clip_dense(pool, clip.model, clip.tokenizer, settings, log)
+        local = get_spec("clip:toy").local_name
+        shutil.copytree(source / local, out / local, dirs_exist_ok=True)  # tokenizer and processor
+        model.save_pretrained(out / local)
+        return model, load_dino(resolve("dino:toy", source)).model, losses
+
+    return _retrain_one(source, out, "clip_dense", ("sam:toy", "dino:toy"), step, settings, log, eval_scenes,
+                        "`usam-ray toy train-zoo --clip-dense-only`", pool_size=settings.clip_dense_pool)
+
+
+def _retrain_one(source: Path, out: Path, what: str, copied: tuple[str, ...], step, settings: TrainSettings,
+                 log: Callable[[str], None], eval_scenes: int, command: str, pool_size: Optional[int] = None) -> dict:
+    """One step of ``train_zoo`` again on the zoo in ``source``, written to ``out``: ``copied``
+    models copied byte for byte, ``step(sam, clip, pool)`` → (clip model, dino model, losses)
+    writes the retrained one, every figure measured again; ``quality.json`` keeps ``source``'s
+    curves and settings but ``what``'s (``what`` is a ``loss_first_last`` key and a settings prefix)
+    and records the run under ``{what}_retrain``."""
     import shutil
 
     import torch
@@ -172,26 +222,14 @@ def redistil_dino(source: Path, out: Path, settings: TrainSettings = TrainSettin
 
     source, out = Path(source), Path(out)
     if source.resolve() == out.resolve():
-        raise ValueError(f"--out {out} is the zoo the SAM and CLIP are read from: write the new zoo elsewhere")
+        raise ValueError(f"--out {out} is the zoo the models are read from: write the new zoo elsewhere")
     t0 = time.time()
     sam = load_sam(resolve("sam:toy", source)).eval()
     clip = load_clip(resolve("clip:toy", source))
-    log(f"toy zoo: distilling a new DINOv2 from the SAM and CLIP in {source}; generating {settings.pool} "
-        f"training scenes (seed {TRAIN_SEED})")
-    pool = scene_pool(settings.pool, TRAIN_SEED)
-    dino, dino_losses = _distil_dino(pool, sam, clip.model, settings, log)
-    quality = json.loads((source / "quality.json").read_text()) if (source / "quality.json").is_file() else {}
-    quality.update(measure(sam, clip.model, clip.tokenizer, dino, scene_pool(eval_scenes, EVAL_SEED),
-                           scene_pool(min(300, settings.pool), PROBE_SEED)))
-    quality.setdefault("loss_first_last", {})["dino"] = _ends(dino_losses)
-    quality.setdefault("settings", {}).update({k: v for k, v in settings.__dict__.items() if k.startswith("dino")})
-    quality["dino_distillation"] = {"seconds": round(time.time() - t0, 1), "torch": torch.__version__,
-                                    "threads": torch.get_num_threads(),
-                                    "note": "`usam-ray toy train-zoo --dino-only` from the SAM and CLIP of "
-                                            + ("the shipped zoo" if source.resolve() == shipped_zoo().resolve()
-                                               else str(source))}
+    n = settings.pool if pool_size is None else pool_size
+    log(f"toy zoo: {what} again from the zoo in {source}; generating {n} training scenes (seed {TRAIN_SEED})")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("sam:toy", "clip:toy"):
+    for name in copied:
         local = get_spec(name).local_name
         if (source / local).is_dir():
             shutil.copytree(source / local, out / local, dirs_exist_ok=True)
@@ -202,9 +240,17 @@ def redistil_dino(source: Path, out: Path, settings: TrainSettings = TrainSettin
             shutil.copy2(source / arch, out / arch)
     if (source / MANIFEST).is_file():
         shutil.copy2(source / MANIFEST, out / MANIFEST)
-    _save_dino(out, dino)
+    clip_model, dino, losses = step(sam, clip, scene_pool(n, TRAIN_SEED))
+    quality = json.loads((source / "quality.json").read_text()) if (source / "quality.json").is_file() else {}
+    quality.update(measure(sam, clip_model, clip.tokenizer, dino, scene_pool(eval_scenes, EVAL_SEED),
+                           scene_pool(min(300, settings.pool), PROBE_SEED)))
+    quality.setdefault("loss_first_last", {})[what] = _ends(losses)
+    quality.setdefault("settings", {}).update({k: v for k, v in settings.__dict__.items() if k.startswith(what)})
+    where = "the shipped zoo" if source.resolve() == shipped_zoo().resolve() else str(source)
+    quality[f"{what}_retrain"] = {"seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+                                  "threads": torch.get_num_threads(), "note": f"{command} from {where}"}
     (out / "quality.json").write_text(json.dumps(quality, indent=2))
-    log(f"toy zoo: written to {out} in {quality['dino_distillation']['seconds']}s")
+    log(f"toy zoo: written to {out} in {quality[f'{what}_retrain']['seconds']}s")
     return quality
 
 
@@ -215,6 +261,7 @@ def measure(sam, clip, tokenizer, dino, held_out: list[Scene], probe_train: list
         "sam_mean_iou": round(sam_quality(sam, held_out), 4),
         **{f"sam_{k}_iou": round(v, 4) for k, v in sam_prompt_quality(sam, held_out).items()},
         "clip_zero_shot_accuracy": round(clip_quality(clip, tokenizer, held_out), 4),
+        **{k: round(v, 4) for k, v in clip_dense_quality(clip, tokenizer, held_out).items()},
         "dino_probe_patch_accuracy": round(acc, 4),
         "dino_probe_balanced_accuracy": round(balanced, 4),
         "held_out_scenes": len(held_out),
