@@ -4,7 +4,7 @@ FMbSeg's Stage 1 reads from it (the value-path patch features and the class embe
 crops of a scene), and its quality figures (zero-shot accuracy of instance crops against "a photo
 of a {class}", chance 20 %; ``clip_dense_quality`` for Stage 1).
 
-The crop term of the fine-tune is what lifted Stage 1 above SAM + CLIP: nine in ten of a toy
+The crop term of the fine-tune, with a higher rate, lifted Stage 1 above SAM + CLIP: nine in ten of a toy
 scene's 16 crops show mostly background, and before it their class embeddings voted for
 triangle, star or ring (Stage 1's presence test counts every crop's vote), so half the classes it
 found were not there. Stage 1's mIoU (1.1 + 75 % of 1.2) on 40 scenes no training or test uses
