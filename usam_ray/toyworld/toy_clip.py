@@ -229,13 +229,13 @@ def clip_dense_quality(model, tokenizer, scenes: list[Scene], crops_per_side: in
       (``background`` + the classes) against the majority class of its cell, averaged over the
       6 classes (chance 1/6);
     - ``clip_presence_precision`` / ``_recall``: the classes that win more than ``threshold``
-      crops (the crops' class embeddings against the class prompts only, FMbSeg's vote) against
-      the scene's classes.
+      crops (FMbSeg's vote, ``present_classes``: the crops' class embeddings against the class
+      prompts only) against the scene's classes.
     """
     import torch
     import torch.nn.functional as F
 
-    from ..methods.fmbseg import crop_grid
+    from ..methods.fmbseg import crop_grid, present_classes
     from ..models.clip import dense_projected, projected
 
     k = len(CLASSES) + 1
@@ -250,8 +250,8 @@ def clip_dense_quality(model, tokenizer, scenes: list[Scene], crops_per_side: in
             patches, cls = dense_projected(model, crops, "value")
             nearest = (F.normalize(patches, dim=-1) @ text.T).argmax(-1).numpy().reshape(-1)
             np.add.at(confusion, (crop_targets(sc.semantic, crops_per_side, grid).reshape(-1), nearest), 1)
-            wins = np.bincount((cls @ text[1:].T).argmax(1).numpy(), minlength=k - 1)
-            found, truth = set(np.flatnonzero(wins > threshold) + 1), {int(c) for c in sc.classes}
+            found = {c + 1 for c in present_classes(cls, text[1:], threshold)}
+            truth = {int(c) for c in sc.classes}
             tp, fp, fn = tp + len(found & truth), fp + len(found - truth), fn + len(truth - found)
     seen = confusion.sum(1) > 0
     return {"clip_dense_balanced_accuracy": float(np.mean(np.diag(confusion)[seen] / confusion.sum(1)[seen])),
